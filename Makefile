@@ -1,0 +1,58 @@
+# tensorgate's commands. The two to know: `make serve` and `make test`.
+# Every target builds the virtual environment in .venv from nothing when it is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUNS   := runs
+MODELS := mlp resnet transformer
+# torch goes in first, at the exact version pyproject.toml pins: asked for by another
+# package first, pip would pull the newest torch with several GB of CUDA wheels.
+TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+
+.DEFAULT_GOAL := help
+.PHONY: help venv serve test test-fast train lint format clean
+
+help:
+	@echo "make serve      build .venv, train the bundled models if needed, then serve them"
+	@echo "make test       build .venv and run the whole test suite (full training included)"
+	@echo "make test-fast  the test suite without the full training runs"
+	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
+	@echo "make lint       ruff check and ruff format --check"
+	@echo "make clean      remove .venv, $(RUNS)/ and caches"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+$(RUNS)/%/checkpoint.pt: | $(STAMP)
+	$(PY) -m training --model $* --out $(RUNS)
+
+train: $(STAMP)
+	$(PY) -m training --model all --out $(RUNS)
+
+serve: $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
+	@echo "Trained checkpoints are in $(RUNS)/. Export and the HTTP service are not built yet:"
+	@echo "they come with the export and service issues. Nothing to serve."
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info

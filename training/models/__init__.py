@@ -1,0 +1,1 @@
+"""The classifiers, one module each, with their config dataclasses."""

@@ -1,0 +1,54 @@
+"""python -m training --model {mlp,resnet,transformer,all}: train and write runs/<model>/."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .registry import REGISTRY
+from .run import train_and_save
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the registered classifiers on their bundled data sets.",
+    )
+    parser.add_argument(
+        "--model", choices=[*REGISTRY, "all"], default="all", help="which model (default: all)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs"), help="runs folder (default: runs)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: CUDA when a GPU is present, else the CPU (default: auto)",
+    )
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="a few batches of two epochs: a smoke test"
+    )
+    args = parser.parse_args(argv)
+
+    names = list(REGISTRY) if args.model == "all" else [args.model]
+    failed = []
+    for name in names:
+        r = train_and_save(name, args.out, args.device, args.dry_run, args.seed)
+        bar = REGISTRY[name].accuracy_bar
+        verdict = "ok" if r.test_accuracy >= bar else "BELOW BAR"
+        print(
+            f"{name}: test accuracy {r.test_accuracy:.4f} (bar {bar}) {verdict}; "
+            f"best epoch {r.best_epoch}/{len(r.history)}; {r.wall_time_s:.1f} s on {r.device}; "
+            f"wrote {args.out / name}/"
+        )
+        if r.test_accuracy < bar and not args.dry_run:
+            failed.append(name)
+    if failed:
+        print(f"below the accuracy bar: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

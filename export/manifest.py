@@ -1,0 +1,137 @@
+"""The model repository's format: `manifest.json`'s schema, file hashing and version lookup.
+
+Export writes this format and the service reads it. This is the one module of `export/`
+the service may import, so it imports neither torch nor the training code.
+
+    model_repository/<model>/<version>/{model.onnx, model.torchscript.pt, manifest.json}
+
+A version folder without a valid manifest is not a version: export writes the manifest last,
+into a staging folder that is renamed into place whole.
+"""
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_NAME = "manifest.json"
+ONNX_NAME = "model.onnx"
+TORCHSCRIPT_NAME = "model.torchscript.pt"
+SCHEMA_VERSION = 1
+
+Backend = Literal["onnxruntime", "torchscript"]
+
+
+class ManifestError(ValueError):
+    """A manifest is missing or invalid, or a file does not match its recorded sha256."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    datatype: Literal["FP32"]
+    shape: list[int]  # -1 for the dynamic batch axis
+
+
+class FileEntry(_Strict):
+    path: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # a plain name inside the version folder
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Files(_Strict):
+    onnx: FileEntry
+    torchscript: FileEntry
+
+
+class Parity(_Strict):
+    max_abs_diff: float  # largest |probability - eager PyTorch's| over every batch tried
+    batch_sizes: list[int]
+    device: str  # "cpu" or "cuda"
+
+
+class Serving(_Strict):
+    backend: Backend = "onnxruntime"
+    max_batch_size: int = Field(default=64, ge=1)  # instances per device call
+    batch_timeout: float = Field(default=0.005, ge=0)  # seconds to wait for a batch to fill
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    version: int = Field(ge=1)
+    task: Literal["binary", "multiclass"]
+    labels: list[str] = Field(min_length=2)
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    files: Files
+    metrics: dict[str, dict[str, float]]  # backend -> {"accuracy": held-out accuracy}
+    parity: dict[str, Parity]  # "torchscript", "onnx" (CPU); "*_cuda" where a GPU verified
+    serving: Serving = Serving()
+    config: dict[str, Any]  # the model's config dataclass, as saved with the checkpoint
+    source: dict[str, Any] = {}  # the checkpoint it came from, and its sha256
+    versions: dict[str, str | int]  # torch, onnx, onnxruntime, opset
+    created: datetime
+
+    @model_validator(mode="after")
+    def _labels_match_outputs(self) -> "Manifest":
+        width = self.outputs[0].shape[-1]
+        if width != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels for an output of width {width}")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(path=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
+    path = version_dir / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    path = version_dir / MANIFEST_NAME
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest; this is not a complete version") from None
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ManifestError(f"{path}: invalid manifest: {e}") from None
+
+
+def verify_files(version_dir: Path, manifest: Manifest) -> None:
+    """Check every file's size and sha256 against the manifest; raise naming the first bad one."""
+    for entry in (manifest.files.onnx, manifest.files.torchscript):
+        path = version_dir / entry.path
+        if not path.is_file():
+            raise ManifestError(f"{path}: missing (listed in {MANIFEST_NAME})")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ManifestError(
+                f"{path}: sha256 {actual} does not match {entry.sha256} in {MANIFEST_NAME}; "
+                "the file was changed or corrupted after export"
+            )
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The version numbers under a model folder that hold a manifest, ascending."""
+    if not model_dir.is_dir():
+        return []
+    found = (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in found if (p / MANIFEST_NAME).is_file())

@@ -1,0 +1,125 @@
+"""From a training checkpoint to a new, verified version in the model repository."""
+
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+from tqdm import tqdm
+
+from training import load_checkpoint, registry
+
+from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, write_onnx, write_torchscript
+from .manifest import (
+    ONNX_NAME,
+    TORCHSCRIPT_NAME,
+    Files,
+    Manifest,
+    Parity,
+    Serving,
+    TensorSpec,
+    file_entry,
+    sha256_file,
+    write_manifest,
+)
+from .verify import VerifyReport, artifact_runners, verify
+
+STAGING_PREFIX = ".staging-"  # not a number, so never read as a version
+
+
+def parity_batch_sizes(max_batch_size: int) -> list[int]:
+    """1, an odd size, the serving maximum, and an odd size beyond it (split across batches)."""
+    return sorted({1, 7, max_batch_size, max(333, 2 * max_batch_size + 1)})
+
+
+def next_version(model_dir: Path) -> int:
+    """One past every numbered folder, complete or not: an existing number is never reused."""
+    taken = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(taken, default=0) + 1
+
+
+def build_manifest(
+    checkpoint: dict,
+    source: Path,
+    version: int,
+    staging: Path,
+    report: VerifyReport,
+    serving: Serving,
+) -> Manifest:
+    labels = checkpoint["labels"]
+    return Manifest(
+        name=checkpoint["model"],
+        version=version,
+        task=checkpoint["task"],
+        labels=labels,
+        inputs=[
+            TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, *checkpoint["input_shape"]])
+        ],
+        outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, len(labels)])],
+        files=Files(
+            onnx=file_entry(staging / ONNX_NAME),
+            torchscript=file_entry(staging / TORCHSCRIPT_NAME),
+        ),
+        metrics={
+            "eager": {"accuracy": report.eager_accuracy},
+            **{b: {"accuracy": r.accuracy} for b, r in report.backends.items()},
+        },
+        parity={
+            b: Parity(max_abs_diff=r.max_abs_diff, batch_sizes=r.batch_sizes, device=r.device)
+            for b, r in report.backends.items()
+        },
+        serving=serving,
+        config=checkpoint["config"],
+        source={"checkpoint": str(source), "sha256": sha256_file(source)},
+        versions={
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": ONNX_OPSET,
+        },
+        created=datetime.now(UTC),
+    )
+
+
+def export_model(
+    checkpoint_path: Path, repository: Path, serving: Serving | None = None, progress: bool = True
+) -> Path:
+    """Write, verify and publish `repository/<model>/<n>/`; return its path.
+
+    Everything is written into a staging folder, the manifest last, and the folder is renamed
+    into place only when verification passed: a failed export leaves no version behind.
+    """
+    serving = serving or Serving()
+    checkpoint, model = load_checkpoint(checkpoint_path)
+    name = checkpoint["model"]
+    dataset = registry.get(name).dataset()
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
+    steps = tqdm(total=4, desc=f"export {name}", unit="step", disable=not progress)
+    try:
+        steps.set_postfix_str("TorchScript")
+        write_torchscript(model, staging / TORCHSCRIPT_NAME)
+        steps.update()
+        steps.set_postfix_str("ONNX")
+        write_onnx(model, dataset.train.x[:2], staging / ONNX_NAME)
+        steps.update()
+        steps.set_postfix_str("verify")
+        runners = artifact_runners(staging / ONNX_NAME, staging / TORCHSCRIPT_NAME)
+        batch_sizes = parity_batch_sizes(serving.max_batch_size)
+        report = verify(name, model, runners, dataset, batch_sizes)
+        steps.update()
+        steps.set_postfix_str("publish")
+        version = next_version(model_dir)
+        manifest = build_manifest(checkpoint, checkpoint_path, version, staging, report, serving)
+        write_manifest(staging, manifest)  # last: a folder without it is not a version
+        target = model_dir / str(version)
+        staging.rename(target)
+        steps.update()
+        return target
+    finally:
+        steps.close()
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename

@@ -1,0 +1,159 @@
+"""Export through the real runtimes: TorchScript, ONNX Runtime, onnx.checker."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import export.pipeline
+from export.formats import write_onnx
+from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, read_manifest, sha256_file, versions
+from export.pipeline import export_model
+from export.verify import TOLERANCE, ParityError
+from training import REGISTRY, load_checkpoint
+from training.checkpoint import CHECKPOINT_NAME
+
+NAMES = list(REGISTRY)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_exports_faithfully_and_keeps_its_accuracy(exported, name):
+    m = read_manifest(exported / name / "1")
+    assert set(m.parity) == {"torchscript", "onnx"}  # no GPU here; "*_cuda" join with one
+    for backend, parity in m.parity.items():
+        assert parity.max_abs_diff <= TOLERANCE
+        assert {1, 7, 333} <= set(parity.batch_sizes)
+        assert max(parity.batch_sizes) > m.serving.max_batch_size
+        assert m.metrics[backend]["accuracy"] == m.metrics["eager"]["accuracy"]
+    assert m.metrics["eager"]["accuracy"] >= REGISTRY[name].accuracy_bar
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch", [1, 333])
+def test_parity_through_the_real_runtimes(full_runs, exported, name, batch):
+    runs, _ = full_runs
+    _, model = load_checkpoint(runs / name / CHECKPOINT_NAME)
+    test_x = REGISTRY[name].dataset().test.x
+    x = test_x.repeat(batch // len(test_x) + 1, *[1] * (test_x.dim() - 1))[:batch]
+    with torch.inference_mode():
+        eager = model(x).numpy()
+        scripted = torch.jit.load(str(exported / name / "1" / TORCHSCRIPT_NAME))(x).numpy()
+    session = ort.InferenceSession(
+        str(exported / name / "1" / ONNX_NAME), providers=["CPUExecutionProvider"]
+    )
+    onnx_out = session.run(["probabilities"], {"input": x.numpy()})[0]
+    assert eager.shape == scripted.shape == onnx_out.shape == (batch, len(model(x[:1])[0]))
+    assert np.abs(scripted - eager).max() <= TOLERANCE
+    assert np.abs(onnx_out - eager).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_graph_is_checked_with_a_dynamic_batch_axis(exported, name):
+    proto = onnx.load(str(exported / name / "1" / ONNX_NAME))
+    onnx.checker.check_model(proto, full_check=True)
+    (graph_input,) = proto.graph.input
+    assert graph_input.name == "input"
+    assert graph_input.type.tensor_type.shape.dim[0].dim_param  # symbolic, not a fixed size
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
+
+
+def test_a_second_export_is_version_2_and_leaves_version_1_untouched(full_runs, tmp_path):
+    runs, _ = full_runs
+    first = export_model(runs / "mlp" / CHECKPOINT_NAME, tmp_path, progress=False)
+    before = {p.name: sha256_file(p) for p in first.iterdir()}
+    second = export_model(runs / "mlp" / CHECKPOINT_NAME, tmp_path, progress=False)
+    assert (first.name, second.name) == ("1", "2")
+    assert versions(tmp_path / "mlp") == [1, 2]
+    assert {p.name: sha256_file(p) for p in first.iterdir()} == before
+    assert read_manifest(second).version == 2
+
+
+def test_an_export_that_fails_parity_writes_no_version(full_runs, tmp_path, monkeypatch):
+    runs, _ = full_runs
+
+    def write_a_wrong_onnx(model, example, path):
+        # The real exporter, fed a model whose last layer drifted after training.
+        with torch.no_grad():
+            model.head.bias[3] += 0.5
+        write_onnx(model, example, path)
+        with torch.no_grad():
+            model.head.bias[3] -= 0.5
+
+    monkeypatch.setattr(export.pipeline, "write_onnx", write_a_wrong_onnx)
+    with pytest.raises(
+        ParityError,
+        match=r"resnet: onnx on cpu differs from eager PyTorch by "
+        r"[0-9.e-]+ at batch size \d+",
+    ):
+        export_model(runs / "resnet" / CHECKPOINT_NAME, tmp_path, progress=False)
+    assert versions(tmp_path / "resnet") == []
+    assert list((tmp_path / "resnet").iterdir()) == []  # no staging folder left behind
+
+
+def test_onnx_runs_in_onnxruntime_without_torch(exported, full_runs, tmp_path):
+    x = REGISTRY["transformer"].dataset().test.x[:50]
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = f"""
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession({str(exported / "transformer" / "1" / ONNX_NAME)!r},
+                         providers=["CPUExecutionProvider"])
+x = np.load({str(tmp_path / "x.npy")!r})
+np.save({str(tmp_path / "y.npy")!r}, s.run(None, {{"input": x}})[0])
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _, model = load_checkpoint(full_runs[0] / "transformer" / CHECKPOINT_NAME)
+    with torch.inference_mode():
+        assert np.abs(np.load(tmp_path / "y.npy") - model(x).numpy()).max() <= TOLERANCE
+
+
+def test_torchscript_loads_without_the_project_code(exported, tmp_path):
+    script = f"""
+import sys, torch
+m = torch.jit.load({str(exported / "resnet" / "1" / TORCHSCRIPT_NAME)!r})
+for n in (1, 5, 100):
+    assert m(torch.rand(n, 1, 8, 8) * 16).shape == (n, 10)
+assert not any(k.split(".")[0] in ("training", "export") for k in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_exports_and_says_when_a_checkpoint_is_missing(full_runs, tmp_path):
+    runs, _ = full_runs
+    cmd = [sys.executable, "-m", "export", "--repository", str(tmp_path / "repo")]
+    done = subprocess.run(
+        [*cmd, "--runs", str(runs), "--model", "mlp", "--max-batch-size", "16"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mlp: wrote" in done.stdout
+    manifest = json.loads((tmp_path / "repo" / "mlp" / "1" / "manifest.json").read_text())
+    assert manifest["serving"]["max_batch_size"] == 16
+    missing = subprocess.run(
+        [*cmd, "--runs", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert "no checkpoint for mlp, resnet, transformer" in missing.stderr
+    assert "python -m training" in missing.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_artifacts_are_verified_where_a_gpu_is_present(full_runs, tmp_path):
+    runs, _ = full_runs
+    version = export_model(runs / "resnet" / CHECKPOINT_NAME, tmp_path, progress=False)
+    m = read_manifest(version)
+    assert m.parity["torchscript_cuda"].device == "cuda"
+    assert m.parity["torchscript_cuda"].max_abs_diff <= TOLERANCE
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert m.parity["onnx_cuda"].max_abs_diff <= TOLERANCE

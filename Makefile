@@ -6,19 +6,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNS   := runs
+REPOSITORY := model_repository
 MODELS := mlp resnet transformer
 # torch goes in first, at the exact version pyproject.toml pins: asked for by another
 # package first, pip would pull the newest torch with several GB of CUDA wheels.
 TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve test test-fast train lint format clean
+.PHONY: help venv serve test test-fast train export lint format clean
 
 help:
 	@echo "make serve      build .venv, train the bundled models if needed, then serve them"
 	@echo "make test       build .venv and run the whole test suite (full training included)"
 	@echo "make test-fast  the test suite without the full training runs"
 	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
+	@echo "make export     export every model as a new version in $(REPOSITORY)/, training what is missing"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove .venv, $(RUNS)/ and caches"
 
@@ -36,9 +38,13 @@ $(RUNS)/%/checkpoint.pt: | $(STAMP)
 train: $(STAMP)
 	$(PY) -m training --model all --out $(RUNS)
 
-serve: $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
-	@echo "Trained checkpoints are in $(RUNS)/. Export and the HTTP service are not built yet:"
-	@echo "they come with the export and service issues. Nothing to serve."
+export: $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
+	$(PY) -m export --model all --runs $(RUNS) --repository $(REPOSITORY)
+
+serve: $(STAMP)
+	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
+	@echo "The model repository is ready in $(REPOSITORY)/. The HTTP service is not built yet"
+	@echo "(it comes with the service issue), so there is nothing to serve."
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -56,3 +62,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info
+	@echo "kept $(REPOSITORY)/: exported versions are never deleted by make; remove it by hand"

@@ -8,9 +8,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from .manifest import INPUT_NAME, OUTPUT_NAME
+
 ONNX_OPSET = 18  # ONNX opset: recent, with LayerNormalization, and run by every current runtime
-INPUT_NAME = "input"
-OUTPUT_NAME = "probabilities"
 
 # The ONNX exporter warns, once per export, that torchvision's ops cannot be registered;
 # the project does not use torchvision, so that is noise.

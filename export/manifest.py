@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_NAME = "manifest.json"
+INPUT_NAME = "input"  # every exported graph's one input tensor
+OUTPUT_NAME = "probabilities"  # and its one output
 ONNX_NAME = "model.onnx"
 TORCHSCRIPT_NAME = "model.torchscript.pt"
 SCHEMA_VERSION = 1

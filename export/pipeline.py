@@ -12,9 +12,11 @@ from tqdm import tqdm
 
 from training import load_checkpoint, registry
 
-from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, write_onnx, write_torchscript
+from .formats import ONNX_OPSET, write_onnx, write_torchscript
 from .manifest import (
+    INPUT_NAME,
     ONNX_NAME,
+    OUTPUT_NAME,
     TORCHSCRIPT_NAME,
     Files,
     Manifest,

@@ -10,13 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from service.backends import load_backend
 from training.data import Dataset
-
-from .formats import INPUT_NAME, OUTPUT_NAME
 
 TOLERANCE = 1e-4  # largest allowed |probability - eager's|, per element
 RANDOM_SEED = 0  # the random inputs are the same on every export
@@ -53,47 +51,17 @@ def eager_runner(model: nn.Module) -> Runner:
     return run
 
 
-def torchscript_runner(path: Path, device: str) -> Runner:
-    if device == "cuda":
-        # TF32 trades about 1e-3 of precision for speed; parity is measured in full FP32.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    module = torch.jit.load(str(path), map_location=device).eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x).to(device)).cpu().numpy()
-
-    return run
-
-
-def onnxruntime_runner(path: Path, device: str) -> Runner:
-    providers: list = ["CPUExecutionProvider"]
-    wanted = "CPUExecutionProvider"
-    if device == "cuda":
-        wanted = "CUDAExecutionProvider"
-        providers.insert(0, (wanted, {"use_tf32": 0}))
-    session = ort.InferenceSession(str(path), providers=providers)
-    # ORT falls back to the CPU silently when CUDA libraries are missing: catch that here.
-    if session.get_providers()[0] != wanted:
-        raise ParityError(f"ONNX Runtime did not start {wanted} for {path}")
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-    return run
-
-
 def artifact_runners(onnx_path: Path, torchscript_path: Path) -> dict[str, tuple[str, Runner]]:
-    """Every backend and device to verify: the CPU always, CUDA only where it is really there."""
-    runners = {
-        "torchscript": ("cpu", torchscript_runner(torchscript_path, "cpu")),
-        "onnx": ("cpu", onnxruntime_runner(onnx_path, "cpu")),
-    }
-    if torch.cuda.is_available():
-        runners["torchscript_cuda"] = ("cuda", torchscript_runner(torchscript_path, "cuda"))
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            runners["onnx_cuda"] = ("cuda", onnxruntime_runner(onnx_path, "cuda"))
+    """Every backend and device to verify, through the service's own backends, so the proof
+    covers the code that serves: the CPU always, CUDA only where it is really there."""
+    targets = [("onnx", "onnxruntime", onnx_path), ("torchscript", "torchscript", torchscript_path)]
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    threads = torch.get_num_threads()  # keep this process's setting (the backend sets it)
+    runners = {}
+    for device in devices:
+        for key, backend, path in targets:
+            suffix = "" if device == "cpu" else f"_{device}"
+            runners[key + suffix] = (device, load_backend(backend, path, device, threads).infer)
     return runners
 
 

@@ -1,0 +1,1 @@
+"""The HTTP service: serves the model repository with LitServe (python -m service)."""

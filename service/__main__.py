@@ -1,0 +1,85 @@
+"""python -m service: serve the model repository (settings: --help, or TENSORGATE_* env vars)."""
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .settings import Settings
+
+logger = logging.getLogger("tensorgate")
+
+
+def prepare_metrics_dir() -> Path:
+    """prometheus_client's multiprocess mode needs one folder that every process writes to,
+    empty at start, set before anything imports prometheus_client."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="tensorgate-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+MAIN_PID = os.getpid()
+
+
+def _stop(signum: int, frame) -> None:
+    # LitServe shuts its workers down cleanly on KeyboardInterrupt only; SIGTERM (docker stop,
+    # Kubernetes) would otherwise kill the parent and orphan the worker processes. The forked
+    # HTTP servers inherit this handler; uvicorn re-raises SIGTERM there once it has drained.
+    if os.getpid() != MAIN_PID:
+        raise SystemExit(0)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings(_cli_parse_args=argv if argv is not None else True)
+        settings.pinned_models()
+    except (ValidationError, ValueError) as e:
+        print(f"invalid settings: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    prepare_metrics_dir()
+
+    from export.manifest import ManifestError  # after the metrics folder is set
+
+    from .app import build_server
+    from .repository import load_models
+
+    try:
+        models = load_models(settings)
+    except ManifestError as e:
+        logger.error("refusing to start: %s", e)
+        return 1
+    for m in models:
+        logger.info(
+            "serving %s version %d with %s (max batch %d, batch timeout %g s)",
+            m.name,
+            m.version,
+            m.backend,
+            m.max_batch_size,
+            m.batch_timeout,
+        )
+    server = build_server(settings, models)
+    signal.signal(signal.SIGTERM, _stop)
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=settings.api_servers,
+        log_level=settings.log_level,
+        generate_client_file=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

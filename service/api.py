@@ -1,0 +1,71 @@
+"""One LitAPI per served model: loads its backend in the inference worker and runs batches."""
+
+import time
+
+import litserve as ls
+import numpy as np
+
+from .backends import load_backend
+from .loop import AdaptiveBatchingLoop
+from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
+from .repository import ServedModel
+from .settings import Settings
+from .spec import KServeSpec
+
+WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a few runs
+
+
+class ModelAPI(ls.LitAPI):
+    """The LitServe lifecycle for one model.
+
+    setup: load and warm the backend (the worker reports ready only after it);
+    decode_request: the payload is already a validated float32 array (see protocol.py);
+    batch -> predict -> unbatch: concatenate requests, run max-size device calls, split back.
+    """
+
+    def __init__(self, model: ServedModel, settings: Settings) -> None:
+        super().__init__(
+            max_batch_size=model.max_batch_size,
+            batch_timeout=model.batch_timeout,
+            spec=KServeSpec(model, settings),
+            loop=AdaptiveBatchingLoop(),
+        )
+        self.model = model
+        self.name = model.name
+        self.threads = settings.threads
+
+    def setup(self, device: str) -> None:
+        started = time.perf_counter()
+        self.backend = load_backend(self.model.backend, self.model.artifact, device, self.threads)
+        shape = tuple(self.model.manifest.inputs[0].shape[1:])
+        for size in (1, self.max_batch_size):
+            for _ in range(WARMUP_ROUNDS):
+                self.backend.infer(np.zeros((size, *shape), dtype=np.float32))
+        version = str(self.model.version)
+        MODEL_LOAD.labels(self.name, version).set(time.perf_counter() - started)
+        MODEL_INFO.labels(self.name, version, self.model.backend, device).set(1)
+        self.compute_seconds = BATCH_COMPUTE.labels(self.name, self.model.backend, device)
+        self.batch_instances = BATCH_SIZE.labels(self.name)
+        self.instances_total = INSTANCES.labels(self.name)
+
+    def decode_request(self, request: np.ndarray) -> np.ndarray:
+        return request
+
+    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, ...) -> (N, classes), in device calls of at most max_batch_size instances."""
+        started = time.perf_counter()
+        step = self.max_batch_size
+        outputs = [self.backend.infer(x[i : i + step]) for i in range(0, len(x), step)]
+        self.compute_seconds.observe(time.perf_counter() - started)
+        self.batch_instances.observe(len(x))
+        self.instances_total.inc(len(x))
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def unbatch(self, output: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+        return np.split(output, np.cumsum(sizes)[:-1])
+
+    def encode_response(self, output: np.ndarray) -> np.ndarray:
+        return output  # the HTTP process encodes V1 or V2, as the request asked

@@ -1,0 +1,88 @@
+"""Inference backends: one small interface, two implementations, chosen by the manifest or
+settings (never by probing imports or file extensions).
+
+Each call of `infer` is one device call for the whole batch: the input is copied to the
+device once and the probabilities back once.
+"""
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.manifest import INPUT_NAME, OUTPUT_NAME
+from export.manifest import Backend as BackendName
+
+
+class Backend(Protocol):
+    name: BackendName
+    device: str  # "cpu" or "cuda:N"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, *input) float32 -> (N, classes) float32 probabilities."""
+        ...
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without one is an error:
+    ONNX Runtime's GPU build lists its CUDA provider even where no GPU exists."""
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if available else "cpu"
+    if requested == "cuda" and not available:
+        raise RuntimeError("TENSORGATE_DEVICE=cuda, but no CUDA device is visible to torch")
+    return requested
+
+
+class OnnxRuntimeBackend:
+    name: BackendName = "onnxruntime"
+
+    def __init__(self, path: Path, device: str, threads: int) -> None:
+        self.device = device
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one graph at a time per worker
+        providers: list = ["CPUExecutionProvider"]
+        wanted = "CPUExecutionProvider"
+        if device.startswith("cuda"):
+            wanted = "CUDAExecutionProvider"
+            # TF32 off: served numerics stay those the export verified in full FP32.
+            options_cuda = {"device_id": int(device.partition(":")[2] or 0), "use_tf32": 0}
+            providers.insert(0, (wanted, options_cuda))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        if self.session.get_providers()[0] != wanted:
+            # ORT falls back to the CPU silently when CUDA libraries are missing.
+            raise RuntimeError(f"ONNX Runtime could not start {wanted} for {path}")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+class TorchScriptBackend:
+    name: BackendName = "torchscript"
+
+    def __init__(self, path: Path, device: str, threads: int) -> None:
+        self.device = device
+        torch.set_num_threads(threads)
+        if device.startswith("cuda"):
+            # TF32 off: served numerics stay those the export verified in full FP32.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.module = torch.jit.load(str(path), map_location=device).eval()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            return self.module(x).cpu().numpy()
+
+
+BACKENDS: dict[BackendName, type[OnnxRuntimeBackend] | type[TorchScriptBackend]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "torchscript": TorchScriptBackend,
+}
+
+
+def load_backend(name: BackendName, path: Path, device: str, threads: int) -> Backend:
+    return BACKENDS[name](path, device, threads)

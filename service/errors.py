@@ -1,0 +1,56 @@
+"""Every error a client can cause, with its HTTP status, in one place.
+
+    ServiceError
+    ├── BadRequest          400  malformed JSON or binary header, wrong shape/dtype/count, NaN/Inf
+    ├── Unauthorized        401  missing or wrong API key
+    ├── NotFound            404  unknown model or version
+    ├── PayloadTooLarge     413  body over TENSORGATE_MAX_BODY_BYTES
+    ├── UnsupportedMedia    415  a Content-Encoding the service does not decode
+    ├── Overloaded          503  the model's queue is full (with Retry-After)
+    └── Timeout             504  no answer within TENSORGATE_REQUEST_TIMEOUT
+
+The body is always `{"error": "<what is wrong and what was expected>"}` (the V2 convention).
+"""
+
+from fastapi import HTTPException
+
+
+class ServiceError(HTTPException):
+    status: int = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=self.status, detail=message, headers=headers)
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMedia(ServiceError):
+    status = 415
+
+
+class Overloaded(ServiceError):
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class Timeout(ServiceError):
+    status = 504

@@ -1,0 +1,71 @@
+"""Prometheus metrics, correct across LitServe's processes.
+
+HTTP servers and inference workers are separate processes, so prometheus_client runs in
+multiprocess mode: each process writes its samples to files in PROMETHEUS_MULTIPROC_DIR
+(set by `python -m service` before anything imports prometheus_client) and `/metrics`
+adds them up. Gauges say how processes combine: in-flight requests sum over the live HTTP
+processes; a model's info and load time are the live workers' maximum.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Sub-millisecond to 30 s: small models answer in well under a millisecond on the CPU.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter(
+    "tensorgate_requests",
+    "Inference requests answered, by status code.",
+    ["model", "version", "protocol", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "tensorgate_request_duration_seconds",
+    "Inference request latency in the HTTP server.",
+    ["model", "protocol"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "tensorgate_queue_duration_seconds",
+    "Time from queueing a request to its batch starting.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_COMPUTE = Histogram(
+    "tensorgate_batch_compute_duration_seconds",
+    "Model time for one batch (all device calls).",
+    ["model", "backend", "device"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "tensorgate_batch_size", "Instances per batch.", ["model"], buckets=BATCH_BUCKETS
+)
+INSTANCES = Counter("tensorgate_instances", "Instances inferred.", ["model"])
+INFLIGHT = Gauge(
+    "tensorgate_inflight_requests",
+    "Inference requests being handled.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+MODEL_LOAD = Gauge(
+    "tensorgate_model_load_seconds",
+    "Seconds to load and warm up the model in a worker.",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+MODEL_INFO = Gauge(
+    "tensorgate_model_info",
+    "1 for each model version being served, with its backend and device.",
+    ["model", "version", "backend", "device"],
+    multiprocess_mode="livemax",
+)
+REJECTIONS = Counter(
+    "tensorgate_rejections", "Requests refused before inference, by reason.", ["model", "reason"]
+)
+
+
+def render() -> bytes:
+    """The Prometheus text exposition of every live process's samples."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)

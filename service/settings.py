@@ -1,0 +1,83 @@
+"""The service's settings: one typed object, from TENSORGATE_* env vars or matching CLI flags
+(`python -m service --help`), validated once at start."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# LitServe binds only these (LitServer.run refuses any other host).
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TENSORGATE_",
+        cli_prog_name="python -m service",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
+    port: int = Field(8000, ge=1024, le=65535, description="port to listen on")
+    repository: Path = Field(Path("model_repository"), description="the model repository")
+    models: str | None = Field(
+        None,
+        description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version "
+        "(default: every model in the repository, at its highest version)",
+    )
+    backend: Literal["onnxruntime", "torchscript"] | None = Field(
+        None, description="one backend for every model (default: each manifest's; onnxruntime)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when a GPU is present, else the CPU"
+    )
+    workers_per_device: int = Field(1, ge=1, description="LitServe inference workers per model")
+    api_servers: int = Field(1, ge=1, description="HTTP server processes (num_api_servers)")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="intra-op threads per inference worker (ONNX Runtime, torch); 1 suits small "
+        "hosts, where one process per core beats threads",
+    )
+    max_batch_size: int | None = Field(
+        None, ge=1, description="instances per device call (default: from the manifest)"
+    )
+    batch_timeout: float | None = Field(
+        None,
+        ge=0,
+        description="seconds a batch may wait to fill under load (default: from the manifest)",
+    )
+    request_timeout: float = Field(30.0, gt=0, description="seconds before a request answers 504")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies answer 413")
+    max_instances: int = Field(1024, ge=1, description="most instances in one request")
+    max_queue: int = Field(
+        256,
+        ge=1,
+        description="requests in flight per model per HTTP server process; more answer 503",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="when set, inference and metadata calls need it; health, metrics open"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("host")
+    @classmethod
+    def _known_host(cls, host: str) -> str:
+        if host not in HOSTS:
+            raise ValueError(f"host {host!r} is not one LitServe binds; use one of {HOSTS}")
+        return host
+
+    def pinned_models(self) -> dict[str, int | None] | None:
+        """TENSORGATE_MODELS as {name: pinned version or None}; None when unset (serve all)."""
+        if not self.models:
+            return None
+        pinned: dict[str, int | None] = {}
+        for item in filter(None, (part.strip() for part in self.models.split(","))):
+            name, _, version = item.partition(":")
+            if version and not version.isdigit():
+                raise ValueError(f"TENSORGATE_MODELS entry {item!r}: version must be a number")
+            pinned[name] = int(version) if version else None
+        return pinned

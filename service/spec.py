@@ -1,0 +1,211 @@
+"""The KServe V1 and V2 endpoints of one model, as a LitSpec: both protocols feed the
+model's one LitServe request queue, so their requests are batched together.
+
+Runs in LitServe's HTTP server processes: it authorises, reads the body under its size
+limit, validates it into a float32 batch (protocol.py), bounds the requests in flight,
+queues, waits for the worker's probabilities and encodes them as the protocol asks.
+"""
+
+import asyncio
+import time
+import uuid
+import zlib
+
+import numpy as np
+from fastapi import HTTPException, Request, Response
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
+
+from .auth import check_api_key
+from .errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, Timeout, UnsupportedMedia
+from .metrics import INFLIGHT, REJECTIONS, REQUEST_DURATION, REQUESTS
+from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
+from .repository import ServedModel
+from .settings import Settings
+
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's
+REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    413: "too_large",
+    415: "unsupported_media",
+    503: "overloaded",
+    504: "timeout",
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (compressed or not)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"body is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
+            )
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("gzip", "deflate"):  # tritonclient's request compression
+        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            plain = inflate.decompress(bytes(body), limit + 1)
+        except zlib.error as e:
+            raise BadRequest(f"body is not valid {encoding}: {e}") from None
+        if len(plain) > limit:
+            raise PayloadTooLarge(f"decompressed body is over the {limit}-byte limit")
+        return plain
+    if encoding != "identity":
+        raise UnsupportedMedia(f"Content-Encoding {encoding!r}: use gzip, deflate or none")
+    return bytes(body)
+
+
+class KServeSpec(LitSpec):
+    def __init__(self, model: ServedModel, settings: Settings) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
+        self.signature = Signature(
+            model=model.name,
+            version=model.version,
+            input_name=tensor_in.name,
+            input_shape=tuple(tensor_in.shape[1:]),
+            output_name=tensor_out.name,
+            labels=tuple(model.manifest.labels),
+            max_instances=settings.max_instances,
+        )
+        # LitServe keys the model's request queue and its workers' status by this path.
+        self.api_path = f"/v1/models/{model.name}:predict"
+        self.worker_key = self.api_path.rsplit("/", 1)[-1]
+        self.inflight = 0  # requests queued or running, in this HTTP process
+        v1, v2 = f"/v1/models/{model.name}", f"/v2/models/{model.name}"
+        for path, endpoint, method in (
+            (f"{v1}:predict", self.v1_predict, "POST"),
+            (v1, self.v1_status, "GET"),
+            (f"{v2}/infer", self.v2_infer, "POST"),
+            (f"{v2}/versions/{{version}}/infer", self.v2_infer, "POST"),
+            (v2, self.v2_metadata, "GET"),
+            (f"{v2}/versions/{{version}}", self.v2_metadata, "GET"),
+            (f"{v2}/ready", self.v2_ready, "GET"),
+            (f"{v2}/versions/{{version}}/ready", self.v2_ready, "GET"),
+        ):
+            self.add_endpoint(path, endpoint, [method])
+
+    # -- state -------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every inference worker of this model has loaded, verified and warmed it up."""
+        status = dict(getattr(self._server, "workers_setup_status", None) or {})
+        mine = [v for k, v in status.items() if k.rsplit("_", 1)[0] == self.worker_key]
+        return bool(mine) and all(v == WorkerSetupStatus.READY for v in mine)
+
+    def _check_version(self, version: str | None) -> None:
+        if version is None or version == str(self.model.version):
+            return
+        if version.isdigit() and int(version) in self.model.available:
+            raise NotFound(
+                f"model '{self.model.name}' version {version} is in the repository but "
+                f"not served; this server serves version {self.model.version}"
+            )
+        raise NotFound(
+            f"model '{self.model.name}' has no version {version!r}; served: {self.model.version}"
+        )
+
+    # -- inference ---------------------------------------------------------------------
+
+    async def _run(self, x: np.ndarray) -> np.ndarray:
+        """Queue one validated batch for the model's workers and wait for its probabilities."""
+        if self.inflight >= self.settings.max_queue:
+            raise Overloaded(
+                f"model '{self.model.name}' has {self.inflight} requests in flight, "
+                "its limit (TENSORGATE_MAX_QUEUE); retry shortly"
+            )
+        uid = uuid.uuid4().hex
+        event = asyncio.Event()
+        self.response_buffer[uid] = ResponseBufferItem(event=event)
+        self.inflight += 1
+        try:
+            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), x))
+            await asyncio.wait_for(event.wait(), timeout=self.settings.request_timeout)
+            response, status = self.response_buffer[uid].response
+        except TimeoutError:
+            raise Timeout(
+                f"model '{self.model.name}' did not answer within "
+                f"{self.settings.request_timeout:g} s (TENSORGATE_REQUEST_TIMEOUT)"
+            ) from None
+        finally:
+            self.inflight -= 1
+            self.response_buffer.pop(uid, None)
+        if status == LitAPIStatus.ERROR:
+            if isinstance(response, HTTPException):
+                raise HTTPException(response.status_code, response.detail)
+            raise HTTPException(500, f"inference failed: {response!r}")
+        return response
+
+    async def _serve(
+        self, request: Request, protocol: str, version: str | None, handle
+    ) -> Response:
+        """Auth, body, `handle(body) -> Response`, and the request's metrics, for V1 and V2."""
+        name = self.model.name
+        started, code = time.perf_counter(), 500
+        INFLIGHT.labels(name).inc()
+        try:
+            check_api_key(request, self.settings.api_key)
+            self._check_version(version)
+            response = await handle(await read_body(request, self.settings.max_body_bytes))
+            code = response.status_code
+            return response
+        except HTTPException as e:
+            code = e.status_code
+            REJECTIONS.labels(name, REASONS.get(code, "inference_error")).inc()
+            raise
+        finally:
+            INFLIGHT.labels(name).dec()
+            REQUESTS.labels(name, str(self.model.version), protocol, str(code)).inc()
+            REQUEST_DURATION.labels(name, protocol).observe(time.perf_counter() - started)
+
+    async def v1_predict(self, request: Request) -> Response:
+        async def handle(body: bytes) -> Response:
+            probabilities = await self._run(parse_v1(body, self.signature))
+            return Response(encode_v1(probabilities, self.signature), media_type="application/json")
+
+        return await self._serve(request, "v1", None, handle)
+
+    async def v2_infer(self, request: Request, version: str | None = None) -> Response:
+        async def handle(body: bytes) -> Response:
+            parsed = parse_v2(body, request.headers.get(BINARY_HEADER), self.signature)
+            content, headers = encode_v2(await self._run(parsed.x), self.signature, parsed)
+            media = "application/octet-stream" if headers else "application/json"
+            return Response(content, media_type=media, headers=headers)
+
+        return await self._serve(request, "v2", version, handle)
+
+    # -- metadata and readiness ----------------------------------------------------------
+
+    async def v1_status(self, request: Request) -> dict:
+        check_api_key(request, self.settings.api_key)
+        return {"name": self.model.name, "ready": self.ready()}
+
+    async def v2_metadata(self, request: Request, version: str | None = None) -> dict:
+        check_api_key(request, self.settings.api_key)
+        self._check_version(version)
+        manifest = self.model.manifest
+        return {
+            "name": self.model.name,
+            "versions": [str(self.model.version)],
+            "platform": PLATFORMS[self.model.backend],
+            "inputs": [t.model_dump() for t in manifest.inputs],
+            "outputs": [t.model_dump() for t in manifest.outputs],
+            "labels": list(manifest.labels),
+        }
+
+    async def v2_ready(self, request: Request, version: str | None = None) -> Response:
+        """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""
+        self._check_version(version)
+        ready = self.ready()
+        return Response(status_code=200 if ready else 503, content=b"" if ready else b"not ready")

@@ -67,6 +67,14 @@ def load_models(settings: Settings) -> list[ServedModel]:
             )
         verify_files(path, manifest)
         serving = manifest.serving
+        batch_timeout = (
+            serving.batch_timeout if settings.batch_timeout is None else settings.batch_timeout
+        )
+        if batch_timeout >= settings.request_timeout:
+            raise ManifestError(
+                f"model '{name}': batch timeout {batch_timeout:g} s must be below "
+                f"TENSORGATE_REQUEST_TIMEOUT ({settings.request_timeout:g} s)"
+            )
         served.append(
             ServedModel(
                 name=name,
@@ -76,11 +84,7 @@ def load_models(settings: Settings) -> list[ServedModel]:
                 available=available,
                 backend=settings.backend or serving.backend,
                 max_batch_size=settings.max_batch_size or serving.max_batch_size,
-                batch_timeout=(
-                    serving.batch_timeout
-                    if settings.batch_timeout is None
-                    else settings.batch_timeout
-                ),
+                batch_timeout=batch_timeout,
             )
         )
     return served

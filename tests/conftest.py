@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+from service_process import running_service
 
 from training import REGISTRY, train_and_save
 from training.train import TrainResult
+
+BATCH_TIMEOUT = 0.5  # the shared service's: large on purpose, a lone request must not wait for it
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,11 @@ def exported(full_runs, tmp_path_factory) -> Path:
     for name in REGISTRY:
         export_model(runs / name / CHECKPOINT_NAME, repository, progress=False)
     return repository
+
+
+@pytest.fixture(scope="session")
+def service(exported, tmp_path_factory):
+    """The real service serving every model, on a free loopback port."""
+    logs = tmp_path_factory.mktemp("logs")
+    with running_service(exported, logs, batch_timeout=BATCH_TIMEOUT) as running:
+        yield running

@@ -1,0 +1,278 @@
+"""The real service on a loopback port, over HTTP: tritonclient, V1, batching, errors, limits."""
+
+import concurrent.futures as cf
+import gzip
+import json
+import time
+from functools import cache
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+import tritonclient.http as httpclient
+from conftest import BATCH_TIMEOUT
+
+from export.manifest import read_manifest
+from training import REGISTRY
+
+NAMES = list(REGISTRY)
+
+
+@cache
+def held_out(name: str) -> np.ndarray:
+    return REGISTRY[name].dataset().test.x.numpy()
+
+
+def rows(name: str, n: int, start: int = 0) -> np.ndarray:
+    x = held_out(name)
+    return np.resize(x[start:], (n, *x.shape[1:]))  # cycles when n is beyond the split
+
+
+def direct(repository, name: str, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime run directly on the served artifact: the reference for every answer."""
+    session = ort.InferenceSession(
+        str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(["probabilities"], {"input": x})[0]
+
+
+def v2_json(x: np.ndarray, **extra) -> dict:
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": list(x.shape),
+        "data": x.ravel().tolist(),
+    }
+    return {"inputs": [tensor], **extra}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("name", NAMES)
+def test_tritonclient_checks_health_reads_metadata_and_infers(service, exported, name, binary):
+    client = httpclient.InferenceServerClient(service.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(name) and client.is_model_ready(name, "1")
+    manifest = read_manifest(exported / name / "1")
+    metadata = client.get_model_metadata(name)
+    assert metadata["inputs"] == [t.model_dump() for t in manifest.inputs]
+    assert metadata["outputs"] == [t.model_dump() for t in manifest.outputs]
+    assert metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
+
+    x = rows(name, 9)
+    tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    result = client.infer(name, [tensor], outputs=[wanted], request_id="req-7", model_version="1")
+    assert result.get_response()["id"] == "req-7"
+    assert result.get_response()["model_version"] == "1"
+    expected = direct(exported, name, x)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5, rtol=0)
+    if binary:  # no outputs named: tritonclient asks for binary_data_output
+        result = client.infer(name, [tensor])
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_v1_agrees_with_v2(service, exported, name):
+    x = rows(name, 5, start=3)
+    v1 = service.post(f"/v1/models/{name}:predict", json={"instances": x.tolist()})
+    v2 = service.post(f"/v2/models/{name}/infer", json=v2_json(x))
+    assert v1.status_code == v2.status_code == 200
+    p1 = np.array([p["probabilities"] for p in v1.json()["predictions"]], dtype=np.float32)
+    p2 = np.array(v2.json()["outputs"][0]["data"], dtype=np.float32).reshape(
+        v2.json()["outputs"][0]["shape"]
+    )
+    np.testing.assert_allclose(p1, p2, atol=1e-7, rtol=0)
+    labels = read_manifest(exported / name / "1").labels
+    for prediction, row in zip(v1.json()["predictions"], p1, strict=True):
+        assert prediction["index"] == int(row.argmax())
+        assert prediction["label"] == labels[prediction["index"]]
+
+
+def test_a_request_larger_than_the_max_batch_is_split_and_answered_whole(service, exported):
+    x = rows("resnet", 333)  # max batch 64: six device calls
+    response = service.post("/v1/models/resnet:predict", json={"instances": x.tolist()})
+    got = np.array([p["probabilities"] for p in response.json()["predictions"]], dtype=np.float32)
+    np.testing.assert_allclose(got, direct(exported, "resnet", x), atol=1e-5, rtol=0)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(service, exported):
+    per_request, requests_sent = 16, 48
+    batches_before = service.metric("tensorgate_batch_size_count", model="resnet")
+    small_before = service.metric("tensorgate_batch_size_bucket", model="resnet", le="16.0")
+
+    def call(i: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rows("resnet", per_request, start=i * 5)
+        if i % 2:
+            r = service.post("/v2/models/resnet/infer", json=v2_json(x))
+            return x, np.array(r.json()["outputs"][0]["data"], np.float32).reshape(per_request, 10)
+        r = service.post("/v1/models/resnet:predict", json={"instances": x.tolist()})
+        return x, np.array([p["probabilities"] for p in r.json()["predictions"]], np.float32)
+
+    with cf.ThreadPoolExecutor(max_workers=requests_sent) as pool:
+        answers = list(pool.map(call, range(requests_sent)))
+    for x, got in answers:
+        np.testing.assert_allclose(got, direct(exported, "resnet", x), atol=1e-5, rtol=0)
+    batches = service.metric("tensorgate_batch_size_count", model="resnet") - batches_before
+    small = service.metric("tensorgate_batch_size_bucket", model="resnet", le="16.0") - small_before
+    # Every request holds 16 instances, so a batch of more than 16 merged several requests.
+    assert batches < requests_sent and small < batches, (batches, small)
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_timeout(service):
+    x = rows("mlp", 1)
+    latencies = []
+    for _ in range(10):
+        started = time.perf_counter()
+        assert service.post("/v1/models/mlp:predict", json={"instances": x.tolist()}).ok
+        latencies.append(time.perf_counter() - started)
+    # With LitServe's own loop each would take >= 0.5 s; here the median is milliseconds.
+    assert float(np.median(latencies)) < BATCH_TIMEOUT / 5, latencies
+
+
+X30 = [[1.0] * 30]
+ONE_ROW = np.ones((1, 30), np.float32)
+
+
+def binary(header: dict, payload: bytes) -> dict:
+    """A V2 binary-extension request: JSON header, then raw bytes, with the header's length."""
+    head = json.dumps(header).encode()
+    return {"data": head + payload, "headers": {"Inference-Header-Content-Length": str(len(head))}}
+
+
+def binary_input(size: int) -> dict:
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [1, 30],
+        "parameters": {"binary_data_size": size},
+    }
+    return {"inputs": [tensor]}
+
+
+# fmt: off
+BAD_REQUESTS = [
+    ("v1 malformed JSON", "POST", "/v1/models/mlp:predict", {"data": b"{not json"}, 400, "not valid JSON"),
+    ("v1 body not an object", "POST", "/v1/models/mlp:predict", {"json": [1, 2]}, 400, "JSON object"),
+    ("v1 no instances", "POST", "/v1/models/mlp:predict", {"json": {}}, 400, '"instances"'),
+    ("v1 instances not a list", "POST", "/v1/models/mlp:predict", {"json": {"instances": 5}}, 400, "must be a list"),
+    ("v1 wrong shape", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expects [N, 30]"),
+    ("v1 ragged", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1] * 30, [1] * 29]}}, 400, "ragged"),
+    ("v1 strings", "POST", "/v1/models/mlp:predict", {"json": {"instances": [["a"] * 30]}}, 400, "only numbers"),
+    ("v1 booleans", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[True] * 30]}}, 400, "only numbers"),
+    ("v1 NaN", "POST", "/v1/models/mlp:predict", {"data": b'{"instances": [[NaN' + b", 1" * 29 + b"]]}"}, 400, "NaN or Inf"),
+    ("v1 beyond float32", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1e39] * 30]}}, 400, "NaN or Inf"),
+    ("v1 no instances in list", "POST", "/v1/models/mlp:predict", {"json": {"instances": []}}, 400, "N >= 1"),
+    ("v1 too many instances", "POST", "/v1/models/mlp:predict", {"json": {"instances": X30 * 1025}}, 400, "at most 1024"),
+    ("v2 no inputs", "POST", "/v2/models/mlp/infer", {"json": {}}, 400, '"inputs"'),
+    ("v2 unknown input", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 30], "data": X30}]}}, 400, "unknown input 'x'"),
+    ("v2 wrong datatype", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 30], "data": X30}]}}, 400, "expects FP32"),
+    ("v2 wrong element count", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 30], "data": X30}]}}, 400, "needs 60"),
+    ("v2 wrong shape", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 31], "data": [1.0] * 31}]}}, 400, "expects [N, 30]"),
+    ("v2 shape not a list", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": "1x30", "data": X30}]}}, 400, '"shape"'),
+    ("v2 no data", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30]}]}}, 400, '"data"'),
+    ("v2 unknown output", "POST", "/v2/models/mlp/infer", {"json": {**v2_json(ONE_ROW), "outputs": [{"name": "logits"}]}}, 400, "unknown output 'logits'"),
+    ("v2 id not a string", "POST", "/v2/models/mlp/infer", {"json": {**v2_json(ONE_ROW), "id": 7}}, 400, '"id"'),
+    ("v2 binary header not a number", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "ten"}}, 400, "must be an integer"),
+    ("v2 binary header too long", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99"}}, 400, "body has 2 bytes"),
+    ("v2 binary size wrong", "POST", "/v2/models/mlp/infer", binary(binary_input(8), bytes(8)), 400, "needs 120 bytes"),
+    ("v2 binary bytes missing", "POST", "/v2/models/mlp/infer", binary(binary_input(120), bytes(8)), 400, "binary bytes left"),
+    ("v2 unused binary bytes", "POST", "/v2/models/mlp/infer", binary(v2_json(ONE_ROW), bytes(4)), 400, "4 bytes of binary data"),
+    ("v1 unknown model", "POST", "/v1/models/vgg:predict", {"json": {"instances": X30}}, 404, "unknown model 'vgg'"),
+    ("v2 unknown model", "POST", "/v2/models/vgg/infer", {"json": {}}, 404, "unknown model 'vgg'"),
+    ("v2 unknown model metadata", "GET", "/v2/models/vgg", {}, 404, "served: mlp, resnet, transformer"),
+    ("v2 unknown version", "POST", "/v2/models/mlp/versions/9/infer", {"json": v2_json(ONE_ROW)}, 404, "no version '9'"),
+    ("v2 unknown version metadata", "GET", "/v2/models/mlp/versions/x", {}, 404, "no version 'x'"),
+    ("unsupported encoding", "POST", "/v1/models/mlp:predict", {"data": b"{}", "headers": {"Content-Encoding": "br"}}, 415, "'br'"),
+    ("corrupt gzip", "POST", "/v1/models/mlp:predict", {"data": b"not gzip", "headers": {"Content-Encoding": "gzip"}}, 400, "not valid gzip"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "kwargs", "status", "says"),
+    BAD_REQUESTS,
+    ids=[c[0] for c in BAD_REQUESTS],
+)
+def test_a_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(
+    service, case, method, path, kwargs, status, says
+):
+    response = requests.request(method, service.url + path, timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert says in response.json()["error"], response.json()
+    assert service.get("/v2/health/ready").status_code == 200
+    ok = service.post("/v1/models/mlp:predict", json={"instances": rows("mlp", 2).tolist()})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+
+
+def test_gzip_request_bodies_are_accepted(service, exported):
+    x = rows("transformer", 3)
+    body = gzip.compress(json.dumps({"instances": x.tolist()}).encode())
+    r = service.post(
+        "/v1/models/transformer:predict", data=body, headers={"Content-Encoding": "gzip"}
+    )
+    got = np.array([p["probabilities"] for p in r.json()["predictions"]], dtype=np.float32)
+    np.testing.assert_allclose(got, direct(exported, "transformer", x), atol=1e-5, rtol=0)
+
+
+def test_a_body_over_the_limit_gets_413(service):
+    big = b"[" + b"0," * (3 * 1024 * 1024) + b"0]"  # 6 MiB, over the 4 MiB default
+    response = service.post("/v1/models/mlp:predict", data=big)
+    assert response.status_code == 413 and "4194304-byte limit" in response.json()["error"]
+    chunked = service.post("/v1/models/mlp:predict", data=iter([big[:2_000_000], big[2_000_000:]]))
+    assert chunked.status_code == 413  # no Content-Length: counted as it streams
+    assert service.get("/v2/health/ready").status_code == 200
+
+
+def test_n_requests_add_exactly_n_to_requests_total(service):
+    before = {
+        code: service.metric("tensorgate_requests_total", model="transformer", code=code)
+        for code in ("200", "400")
+    }
+    x = rows("transformer", 2)
+    for i in range(12):
+        protocol = ("v1", "v2")[i % 2]
+        body = {"instances": x.tolist()} if protocol == "v1" else v2_json(x)
+        path = (
+            "/v1/models/transformer:predict" if protocol == "v1" else "/v2/models/transformer/infer"
+        )
+        assert service.post(path, json=body).status_code == 200
+    for _ in range(5):
+        bad = service.post("/v2/models/transformer/infer", json={"inputs": []})
+        assert bad.status_code == 400
+    after = {
+        code: service.metric("tensorgate_requests_total", model="transformer", code=code)
+        for code in ("200", "400")
+    }
+    assert after["200"] - before["200"] == 12 and after["400"] - before["400"] == 5
+
+
+def test_metrics_are_all_there(service):
+    text = service.get("/metrics").text
+    for name in (
+        "tensorgate_requests_total",
+        "tensorgate_request_duration_seconds_bucket",
+        "tensorgate_queue_duration_seconds_bucket",
+        "tensorgate_batch_compute_duration_seconds_bucket",
+        "tensorgate_batch_size_bucket",
+        "tensorgate_instances_total",
+        "tensorgate_inflight_requests",
+        "tensorgate_model_load_seconds",
+        "tensorgate_model_info",
+        "tensorgate_rejections_total",
+    ):
+        assert f"\n{name}{{" in text, name
+    for name in NAMES:
+        assert (
+            service.metric("tensorgate_model_info", model=name, backend="onnxruntime", device="cpu")
+            == 1
+        )
+        assert service.metric("tensorgate_model_load_seconds", model=name) > 0
+
+
+def test_docs_and_openapi_are_served(service):
+    assert service.get("/docs").status_code == 200
+    paths = service.get("/openapi.json").json()["paths"]
+    assert "/v1/models/mlp:predict" in paths and "/v2/models/resnet/infer" in paths

@@ -1,0 +1,161 @@
+"""Services started with other settings: limits, the API key, the TorchScript backend, CUDA,
+and start-ups that must be refused."""
+
+import concurrent.futures as cf
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+from service_process import free_port, running_service
+from test_service import direct, rows, v2_json
+
+from training import REGISTRY
+
+
+def test_a_full_queue_answers_503_with_retry_after(exported, tmp_path):
+    with running_service(exported, tmp_path, models="resnet", max_queue=1, batch_timeout=0) as s:
+        x = rows("resnet", 1024)  # ~tens of ms of compute each, so requests overlap
+        with cf.ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: s.post("/v1/models/resnet:predict", json={"instances": x.tolist()}),
+                    range(16),
+                )
+            )
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+        refused = next(r for r in answers if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "1"
+        assert "TENSORGATE_MAX_QUEUE" in refused.json()["error"]
+        assert s.metric(
+            "tensorgate_rejections_total", model="resnet", reason="overloaded"
+        ) == codes.count(503)
+        assert s.get("/v2/health/ready").status_code == 200
+
+
+def test_a_request_past_its_timeout_answers_504(exported, tmp_path):
+    with running_service(
+        exported, tmp_path, models="resnet", request_timeout=0.001, batch_timeout=0
+    ) as s:
+        r = s.post("/v1/models/resnet:predict", json={"instances": rows("resnet", 1024).tolist()})
+        assert r.status_code == 504 and "TENSORGATE_REQUEST_TIMEOUT" in r.json()["error"]
+        assert s.get("/v2/health/ready").status_code == 200
+
+
+def test_the_api_key_guards_inference_and_metadata_but_not_health_or_metrics(exported, tmp_path):
+    with running_service(exported, tmp_path, models="mlp", api_key="s3cret") as s:
+        body = {"instances": rows("mlp", 1).tolist()}
+        missing = s.post("/v1/models/mlp:predict", json=body)
+        assert missing.status_code == 401 and "needs an API key" in missing.json()["error"]
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        wrong = s.post("/v1/models/mlp:predict", json=body, headers={"X-API-Key": "guess"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "the API key is wrong"
+        for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+            assert s.post("/v1/models/mlp:predict", json=body, headers=headers).status_code == 200
+            assert s.get("/v2/models/mlp", headers=headers).status_code == 200
+        for path in ("/v2", "/v2/models/mlp", "/v1/models/mlp"):
+            assert s.get(path).status_code == 401, path
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
+            assert s.get(path).status_code == 200, path
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        tensor = httpclient.InferInput("input", [1, 30], "FP32")
+        tensor.set_data_from_numpy(rows("mlp", 1))
+        result = client.infer("mlp", [tensor], headers={"Authorization": "Bearer s3cret"})
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"), direct(exported, "mlp", rows("mlp", 1)), atol=1e-5
+        )
+
+
+def test_the_torchscript_backend_serves_the_same_answers(exported, tmp_path):
+    with running_service(exported, tmp_path, backend="torchscript") as s:
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        for name in REGISTRY:
+            assert client.get_model_metadata(name)["platform"] == "pytorch_libtorch"
+            x = rows(name, 70)  # beyond the max batch of 64: two device calls
+            tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            got = client.infer(name, [tensor]).as_numpy("probabilities")
+            np.testing.assert_allclose(got, direct(exported, name, x), atol=1e-5, rtol=0)
+            assert s.metric("tensorgate_model_info", model=name, backend="torchscript") == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
+def test_cuda_serves_where_a_gpu_is_present(exported, tmp_path, backend):
+    with running_service(exported, tmp_path, device="cuda", backend=backend) as s:
+        for name in REGISTRY:
+            x = rows(name, 33)
+            r = s.post(f"/v2/models/{name}/infer", json=v2_json(x))
+            got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(33, -1)
+            np.testing.assert_allclose(got, direct(exported, name, x), atol=1e-4, rtol=0)
+            assert s.metric("tensorgate_model_info", model=name, device="cuda:0") == 1
+
+
+def start_refused(repository, *args) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--repository",
+        str(repository),
+        "--port",
+        str(free_port()),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_tampered_artifact_stops_start_up_naming_the_file(exported, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(exported, repository)
+    onnx = repository / "resnet" / "1" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-100] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    done = start_refused(repository)
+    assert done.returncode == 1
+    assert f"refusing to start: {onnx}: sha256" in done.stderr and "does not match" in done.stderr
+
+
+def test_a_broken_or_missing_manifest_stops_start_up(exported, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(exported, repository)
+    (repository / "mlp" / "1" / "manifest.json").write_text("{")
+    done = start_refused(repository, "--models", "mlp")
+    assert done.returncode == 1 and "manifest.json: invalid manifest" in done.stderr
+    done = start_refused(repository, "--models", "resnet:4")
+    assert done.returncode == 1 and "model 'resnet' version 4 is not in" in done.stderr
+    done = start_refused(tmp_path / "nowhere")
+    assert done.returncode == 1 and "does not exist" in done.stderr
+
+
+def test_bad_settings_exit_2_and_help_lists_the_flags():
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    for flag in (
+        "--port",
+        "--repository",
+        "--backend",
+        "--device",
+        "--max-batch-size",
+        "--batch-timeout",
+        "--request-timeout",
+        "--max-body-bytes",
+        "--api-key",
+    ):
+        assert flag in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--device", "gpu"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "invalid settings" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--host", "10.0.0.1"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "not one LitServe binds" in done.stderr

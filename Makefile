@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUNS   := runs
-REPOSITORY := model_repository
+REPOSITORY := $(or $(TENSORGATE_REPOSITORY),model_repository)
 MODELS := mlp resnet transformer
 # torch goes in first, at the exact version pyproject.toml pins: asked for by another
 # package first, pip would pull the newest torch with several GB of CUDA wheels.
@@ -16,7 +16,7 @@ TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 .PHONY: help venv serve test test-fast train export lint format clean
 
 help:
-	@echo "make serve      build .venv, train the bundled models if needed, then serve them"
+	@echo "make serve      build .venv, train and export the models if the repository is empty, serve"
 	@echo "make test       build .venv and run the whole test suite (full training included)"
 	@echo "make test-fast  the test suite without the full training runs"
 	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
@@ -43,8 +43,7 @@ export: $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
 
 serve: $(STAMP)
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
-	@echo "The model repository is ready in $(REPOSITORY)/. The HTTP service is not built yet"
-	@echo "(it comes with the service issue), so there is nothing to serve."
+	TENSORGATE_REPOSITORY=$(REPOSITORY) $(PY) -m service
 
 test: $(STAMP)
 	$(PY) -m pytest

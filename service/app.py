@@ -15,6 +15,7 @@ from .backends import resolve_device
 from .errors import BadRequest, NotFound
 from .metrics import render
 from .repository import ServedModel
+from .schemas import document
 from .settings import Settings
 from .spec import KServeSpec
 
@@ -89,4 +90,8 @@ def build_server(settings: Settings, models: list[ServedModel]) -> ls.LitServer:
     )
     add_error_handlers(server.app)
     add_server_routes(server.app, [api.spec for api in apis], settings)
+    description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
+        f"{m.name} v{m.version}" for m in models
+    )
+    document(server.app, SERVER["name"], SERVER["version"], description)
     return server

@@ -272,7 +272,20 @@ def test_metrics_are_all_there(service):
         assert service.metric("tensorgate_model_load_seconds", model=name) > 0
 
 
-def test_docs_and_openapi_are_served(service):
+def test_docs_and_openapi_name_the_request_and_response_models(service):
     assert service.get("/docs").status_code == 200
-    paths = service.get("/openapi.json").json()["paths"]
-    assert "/v1/models/mlp:predict" in paths and "/v2/models/resnet/infer" in paths
+    spec = service.get("/openapi.json").json()
+    v1 = spec["paths"]["/v1/models/mlp:predict"]["post"]
+    assert v1["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/V1Request")
+    assert v1["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/V1Response"
+    )
+    assert v1["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/Error"
+    )
+    v2 = spec["paths"]["/v2/models/resnet/versions/{version}/infer"]["post"]
+    assert set(v2["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert {"V2InferRequest", "V2InferResponse", "V2Tensor", "V2ModelMetadata"} <= set(
+        spec["components"]["schemas"]
+    )
+    assert "mlp v1" in spec["info"]["description"]

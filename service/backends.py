@@ -47,6 +47,9 @@ class OnnxRuntimeBackend:
         providers: list = ["CPUExecutionProvider"]
         wanted = "CPUExecutionProvider"
         if device.startswith("cuda"):
+            # CUDA and cuDNN from NVIDIA's pip wheels (those CUDA torch installs), also where
+            # torch has not loaded them yet; a no-op for libraries already loaded.
+            ort.preload_dlls()
             wanted = "CUDAExecutionProvider"
             # TF32 off: served numerics stay those the export verified in full FP32.
             options_cuda = {"device_id": int(device.partition(":")[2] or 0), "use_tf32": 0}

@@ -1,25 +1,11 @@
 """The metrics as Prometheus itself sees them: promtool's lint and a real scrape on loopback."""
 
-import os
-import shutil
 import subprocess
 import time
 
-import pytest
 import requests
 from service_process import free_port
-
-# .ci/run installs Debian's prometheus and sets this, so CI fails instead of skipping.
-REQUIRED = os.environ.get("TENSORGATE_REQUIRE_PROMETHEUS") == "1"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if REQUIRED:
-            pytest.fail(f"{name} not found; install Debian's prometheus package")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
-    return path
+from tools import tool
 
 
 def test_promtool_accepts_the_metrics(service):

@@ -13,7 +13,7 @@ MODELS := mlp resnet transformer
 TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve test test-fast train export docker lint format clean
+.PHONY: help venv serve test test-fast train export loadtest docker lint format clean
 
 help:
 	@echo "make serve      build .venv, train and export the models if the repository is empty, serve"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast  the test suite without the full training runs"
 	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
 	@echo "make export     export every model as a new version in $(REPOSITORY)/, training what is missing"
+	@echo "make loadtest   a 30 s locust run with SLO gates against a fresh service (LOADTEST_ARGS=...)"
 	@echo "make docker     build the images tensorgate:cuda and tensorgate:cpu (needs a Docker engine)"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove .venv, $(RUNS)/ and caches"
@@ -46,6 +47,11 @@ serve: $(STAMP)
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
 	TENSORGATE_REPOSITORY=$(REPOSITORY) $(PY) -m service
 
+# e.g. make loadtest LOADTEST_ARGS="--users 32 --duration 2m --tags resnet"
+loadtest: $(STAMP)
+	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
+	$(PY) -m load_tests --repository $(REPOSITORY) $(LOADTEST_ARGS)
+
 docker:
 	@docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine; none answers here" >&2; exit 1; }
 	docker build -t tensorgate:cuda .
@@ -66,5 +72,5 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(RUNS) reports .pytest_cache .ruff_cache *.egg-info
 	@echo "kept $(REPOSITORY)/: exported versions are never deleted by make; remove it by hand"

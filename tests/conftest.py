@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-from service_process import running_service
 
+from load_tests.servers import running_service
 from training import REGISTRY, train_and_save
 from training.train import TrainResult
 

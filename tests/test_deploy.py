@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from service_process import free_port
 from tools import tool
 
+from load_tests.servers import free_port
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

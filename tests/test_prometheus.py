@@ -4,8 +4,9 @@ import subprocess
 import time
 
 import requests
-from service_process import free_port
 from tools import tool
+
+from load_tests.servers import free_port
 
 
 def test_promtool_accepts_the_metrics(service):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as httpclient
-from service_process import free_port, running_service
 from test_service import direct, rows, v2_json
 
+from load_tests.servers import free_port, running_service
 from training import REGISTRY
 
 

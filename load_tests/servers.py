@@ -1,4 +1,5 @@
-"""Start the real service (`python -m service`) on a free loopback port, and stop it."""
+"""Start servers on a free loopback port and stop them: the real service (`python -m service`)
+for the tests and the load tests, and any command for the benchmark."""
 
 import os
 import signal
@@ -43,31 +44,28 @@ class Service:
 
 
 @contextmanager
-def running_service(repository: Path, log_dir: Path, **settings: object):
-    """`settings` become TENSORGATE_* variables, e.g. batch_timeout=0.5."""
-    port = free_port()
-    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each service makes its own
-    env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    log = log_dir / f"service-{port}.log"
+def running(command: list[str], env: dict, url: str, ready_path: str, log: Path, timeout: float):
+    """Run `command` until `url + ready_path` answers 200; stop it (SIGTERM, then SIGKILL)."""
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    service = Service(f"http://127.0.0.1:{port}", process, log)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"service exited with {process.returncode}:\n{log.read_text()}")
+                raise RuntimeError(
+                    f"{command} exited with {process.returncode}:\n{log.read_text()}"
+                )
             try:
-                if service.get("/v2/health/ready").status_code == 200:
+                if requests.get(url + ready_path, timeout=5).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"service not ready in {START_TIMEOUT} s:\n{log.read_text()}")
+                raise RuntimeError(f"{command} not ready in {timeout} s:\n{log.read_text()}")
             time.sleep(0.2)
-        yield service
+        yield process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -75,3 +73,18 @@ def running_service(repository: Path, log_dir: Path, **settings: object):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextmanager
+def running_service(repository: Path, log_dir: Path, **settings: object):
+    """The real service; `settings` become TENSORGATE_* variables, e.g. batch_timeout=0.5."""
+    port = free_port()
+    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each service makes its own
+    env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "service"]
+    with running(
+        command, env, url, "/v2/health/ready", log_dir / f"service-{port}.log", START_TIMEOUT
+    ) as process:
+        yield Service(url, process, log_dir / f"service-{port}.log")

@@ -1,0 +1,1 @@
+"""Load tests (locust) and the benchmark; servers.py starts servers for them and the tests."""

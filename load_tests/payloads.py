@@ -1,0 +1,100 @@
+"""What the load test sends and how it judges answers: plain functions, no locust import."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.data import Dataset
+
+PROTOCOLS = ("v1", "v2", "v2-binary")
+BINARY_HEADER = "Inference-Header-Content-Length"
+PAYLOADS = 64  # distinct request bodies per model and protocol
+
+
+@dataclass
+class Case:
+    """One model and protocol: its endpoint, request bodies and what a right answer looks like."""
+
+    model: str
+    protocol: str
+    path: str
+    bodies: list[tuple[bytes, dict]]
+    instances: int
+    labels: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} {self.protocol}"
+
+
+def weights(spec: str, known: tuple[str, ...] | list[str]) -> dict[str, int]:
+    parsed = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in known or not value.isdigit():
+            raise ValueError(f"weight {item!r}: expected NAME=INTEGER with NAME one of {known}")
+        parsed[key] = int(value)
+    return parsed
+
+
+def request_body(protocol: str, rows: np.ndarray, request_id: str) -> tuple[bytes, dict]:
+    if protocol == "v1":
+        return json.dumps({"instances": rows.tolist()}).encode(), {}
+    tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape)}
+    if protocol == "v2":
+        tensor["data"] = rows.ravel().tolist()
+        return json.dumps({"id": request_id, "inputs": [tensor]}).encode(), {}
+    raw = rows.astype("<f4").tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    wanted = [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    header = json.dumps({"id": request_id, "inputs": [tensor], "outputs": wanted}).encode()
+    return header + raw, {BINARY_HEADER: str(len(header))}
+
+
+def build_case(
+    model: str, protocol: str, instances: int, rng: np.random.Generator, dataset: Dataset
+) -> Case:
+    held_out = dataset.test.x.numpy()
+    bodies = [
+        request_body(protocol, held_out[rng.integers(0, len(held_out), instances)], str(i))
+        for i in range(PAYLOADS)
+    ]
+    path = f"/v1/models/{model}:predict" if protocol == "v1" else f"/v2/models/{model}/infer"
+    return Case(model, protocol, path, bodies, instances, dataset.labels)
+
+
+def _probabilities_ok(p: np.ndarray, case: Case) -> str | None:
+    if p.shape != (case.instances, len(case.labels)):
+        return (
+            f"probabilities of shape {list(p.shape)}, expected {[case.instances, len(case.labels)]}"
+        )
+    if not (np.all(p >= 0) and np.allclose(p.sum(axis=1), 1, atol=1e-3)):
+        return "probabilities that are not a distribution"
+    return None
+
+
+def check(case: Case, response) -> str | None:
+    """What is wrong with a response, or None when it is a right answer."""
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {(response.text or '')[:200]}"
+    body = response.content
+    if case.protocol == "v1":
+        predictions = json.loads(body)["predictions"]
+        p = np.array([row["probabilities"] for row in predictions], dtype=np.float32)
+        wrong = _probabilities_ok(p, case)
+        bad_label = any(
+            row["label"] != case.labels[int(np.argmax(row["probabilities"]))] for row in predictions
+        )
+        return wrong or ("a label that is not the most probable one" if bad_label else None)
+    length = int(response.headers.get(BINARY_HEADER) or len(body))
+    doc = json.loads(body[:length])
+    (output,) = doc["outputs"]
+    if case.protocol == "v2":
+        p = np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+    else:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size != len(body) - length:
+            return f"binary_data_size {size} for {len(body) - length} bytes of binary data"
+        p = np.frombuffer(body[length:], dtype="<f4").reshape(output["shape"])
+    return _probabilities_ok(p, case)

@@ -13,7 +13,7 @@ MODELS := mlp resnet transformer
 TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve test test-fast train export loadtest docker lint format clean
+.PHONY: help venv serve test test-fast train export loadtest bench docker lint format clean
 
 help:
 	@echo "make serve      build .venv, train and export the models if the repository is empty, serve"
@@ -22,6 +22,7 @@ help:
 	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
 	@echo "make export     export every model as a new version in $(REPOSITORY)/, training what is missing"
 	@echo "make loadtest   a 30 s locust run with SLO gates against a fresh service (LOADTEST_ARGS=...)"
+	@echo "make bench      the side-by-side benchmark (about 10 minutes; needs wrk) -> docs/benchmarks/"
 	@echo "make docker     build the images tensorgate:cuda and tensorgate:cpu (needs a Docker engine)"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove .venv, $(RUNS)/ and caches"
@@ -51,6 +52,11 @@ serve: $(STAMP)
 loadtest: $(STAMP)
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
 	$(PY) -m load_tests --repository $(REPOSITORY) $(LOADTEST_ARGS)
+
+bench: $(STAMP) $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
+	$(PY) -m load_tests.bench --runs $(RUNS) --repository $(REPOSITORY)
 
 docker:
 	@docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine; none answers here" >&2; exit 1; }

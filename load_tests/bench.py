@@ -1,0 +1,223 @@
+"""The side-by-side benchmark: each server on loopback, one at a time, driven by wrk at several
+concurrencies for every model; plus each backend's in-process batched throughput (no HTTP).
+
+    python -m load_tests.bench                       # make bench: everything, a few minutes
+    python -m load_tests.bench --models mlp --servers floor --concurrency 1 --duration 1
+
+Writes results.json, results.md (tables) and bench.png (throughput and p99 vs concurrency)
+to --out (docs/benchmarks/). The 2 cores are not split: wrk (one thread, C, event-driven)
+and the server share them, the same for every server, so ratios compare like with like.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.backends import load_backend
+from training import REGISTRY
+
+from .payloads import request_body
+from .servers import free_port, running, running_service
+
+SERVERS = ("floor", "naive-def", "naive-async", "litserve", "tensorgate-ort", "tensorgate-ts")
+CONCURRENCY = (1, 16, 64)
+CEILING_BATCHES = (1, 16, 64)
+
+
+@dataclass
+class Point:
+    server: str  # e.g. "tensorgate-ort v2-binary"
+    model: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk(url: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> tuple:
+    """(requests/s, p50 ms, p99 ms, errors) of one wrk run POSTing `body`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "body").write_bytes(body)  # binary bodies go through a file, not Lua text
+        lines = [
+            f'local f = io.open("{tmp}/body", "rb")',
+            'wrk.body = f:read("*all")',
+            "f:close()",
+            'wrk.method = "POST"',
+        ]
+        lines += [
+            f'wrk.headers["{k}"] = "{v}"'
+            for k, v in {"Content-Type": "application/json", **headers}.items()
+        ]
+        (Path(tmp) / "post.lua").write_text("\n".join(lines) + "\n")
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            f"{tmp}/post.lua",
+            url,
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+    def latency(q: str) -> float:
+        value, unit = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = sum(map(int, socket.groups())) if socket else 0
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    return rps, latency("50"), latency("99"), errors
+
+
+def bodies(model: str) -> dict[str, tuple[bytes, dict]]:
+    """One held-out instance, as V1 JSON and as V2 binary."""
+    x = REGISTRY[model].dataset().test.x.numpy()[:1]
+    return {"v1": request_body("v1", x, "1"), "v2-binary": request_body("v2-binary", x, "1")}
+
+
+@contextmanager
+def server(name: str, model: str, runs: Path, repository: Path, logs: Path) -> Iterator[str]:
+    """Start one server; yield its base URL."""
+    if name.startswith("tensorgate"):
+        backend = "onnxruntime" if name == "tensorgate-ort" else "torchscript"
+        with running_service(repository, logs, backend=backend, log_level="warning") as service:
+            yield service.url
+        return
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.bench_servers",
+        name,
+        "--port",
+        str(port),
+        "--runs",
+        str(runs),
+    ] + (["--model", model] if name == "litserve" else [])
+    ready = "/health" if name == "litserve" else "/ready"
+    url = f"http://127.0.0.1:{port}"
+    with running(command, dict(os.environ), url, ready, logs / f"{name}.log", timeout=120):
+        yield url
+
+
+def measure_servers(args) -> list[Point]:
+    points = []
+    for name in args.servers:
+        # litserve serves one model per server; the others serve all at once
+        groups = [[m] for m in args.models] if name == "litserve" else [args.models]
+        for models in groups:
+            with server(name, models[0], args.runs, args.repository, args.logs) as url:
+                for model in models:
+                    for protocol, (body, headers) in bodies(model).items():
+                        if protocol == "v2-binary" and not name.startswith("tensorgate"):
+                            continue
+                        path = (
+                            f"/v2/models/{model}/infer"
+                            if protocol == "v2-binary"
+                            else f"/v1/models/{model}:predict"
+                        )
+                        label = f"{name} {protocol}" if name.startswith("tensorgate") else name
+                        for c in args.concurrency:
+                            wrk(url + path, body, headers, c, 1)  # warm up
+                            rps, p50, p99, errors = wrk(url + path, body, headers, c, args.duration)
+                            points.append(Point(label, model, c, rps, p50, p99, errors))
+                            print(
+                                f"{label:26} {model:12} c={c:<3} {rps:9.0f} req/s  p50 "
+                                f"{p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}",
+                                flush=True,
+                            )
+    return points
+
+
+def measure_ceiling(args) -> list[dict]:
+    """Each backend's batched samples/s in this process, 1 thread, no HTTP."""
+    rows = []
+    for model in args.models:
+        x = REGISTRY[model].dataset().test.x.numpy()
+        for backend, file in (
+            ("onnxruntime", "model.onnx"),
+            ("torchscript", "model.torchscript.pt"),
+        ):
+            runner = load_backend(backend, args.repository / model / "1" / file, "cpu", threads=1)
+            for batch in CEILING_BATCHES:
+                xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+                for _ in range(20):
+                    runner.infer(xb)
+                calls, started = 0, time.perf_counter()
+                while time.perf_counter() - started < min(1.0, args.duration):
+                    runner.infer(xb)
+                    calls += 1
+                rate = calls * batch / (time.perf_counter() - started)
+                rows.append(
+                    {"model": model, "backend": backend, "batch": batch, "samples_per_s": rate}
+                )
+                print(f"in-process {backend:12} {model:12} batch {batch:3} {rate:12.0f} samples/s")
+    return rows
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m load_tests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=list(CONCURRENCY))
+    parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.logs = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
+
+    from .bench_report import write_report  # matplotlib only when there is something to plot
+
+    results = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "duration_s": args.duration,
+        "load_generator": "wrk -t1, sharing the cores with the server",
+        "points": [asdict(p) for p in measure_servers(args)],
+        "ceiling": measure_ceiling(args),
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, args.out)
+    print(f"wrote {args.out}/results.json, results.md, bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,9 +10,24 @@ from tools import tool
 def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     tool("wrk")
     out = tmp_path / "bench"
-    command = [sys.executable, "-m", "load_tests.bench", "--models", "mlp", "--servers", "floor",
-               "tensorgate-ort", "--concurrency", "1", "--duration", "1", "--repository",
-               str(exported), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "load_tests.bench",
+        "--models",
+        "mlp",
+        "--servers",
+        "floor",
+        "tensorgate-ort",
+        "--concurrency",
+        "1",
+        "--duration",
+        "1",
+        "--repository",
+        str(exported),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((out / "results.json").read_text())
@@ -21,7 +36,8 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     for point in results["points"]:
         assert point["rps"] > 0 and point["errors"] == 0 and 0 < point["p50_ms"] <= point["p99_ms"]
     assert {(r["backend"], r["batch"]) for r in results["ceiling"]} == {
-        (b, n) for b in ("onnxruntime", "torchscript") for n in (1, 16, 64)}
+        (b, n) for b in ("onnxruntime", "torchscript") for n in (1, 16, 64)
+    }
     report = (out / "results.md").read_text()
     assert "## mlp" in report and "| floor |" in report and "The issue's bars" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,8 +20,10 @@ def test_promtool_accepts_the_metrics(service):
 
 
 def query(prometheus: str, expr: str) -> float | None:
-    result = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5).json()
-    values = result["data"]["result"]
+    response = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+    if response.status_code != 200:  # e.g. 503 while Prometheus is still starting
+        return None
+    values = response.json()["data"]["result"]
     return float(values[0]["value"][1]) if values else None
 
 

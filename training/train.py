@@ -17,7 +17,6 @@ from .models.common import TrainConfig, to_probabilities
 @dataclass
 class TrainResult:
     model: nn.Module  # best validation epoch's weights, on the CPU, in eval mode
-    config: TrainConfig
     history: list[dict] = field(default_factory=list)  # one row of losses/accuracies per epoch
     best_epoch: int = 0  # 1-based epoch whose weights were kept
     stopped_early: bool = False
@@ -113,7 +112,7 @@ def fit(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps
     )
 
-    result = TrainResult(model=model, config=cfg, device=str(device))
+    result = TrainResult(model=model, device=str(device))
     best_loss, best_state = float("inf"), None
     # mininterval keeps a piped log (CI) to a line a second instead of one per epoch.
     epochs = tqdm(

@@ -146,6 +146,23 @@ def measure_servers(args) -> list[Point]:
     return points
 
 
+def measure_idle_penalty(args) -> dict:
+    """p50 of one connection's mlp requests with a 50 ms batch timeout, and with batching off
+    (max batch 1): what the batch timeout costs a client on an idle server."""
+    body, headers = bodies("mlp")["v1"]
+    p50 = {}
+    for label, settings in (
+        ("batch_timeout_50ms", {"batch_timeout": 0.05}),
+        ("batching_off", {"max_batch_size": 1, "batch_timeout": 0}),
+    ):
+        with running_service(args.repository, args.logs, log_level="warning", **settings) as svc:
+            url = svc.url + "/v1/models/mlp:predict"
+            wrk(url, body, headers, 1, 1)  # warm up
+            p50[label] = wrk(url, body, headers, 1, args.duration)[1]
+            print(f"idle penalty: {label:20} p50 {p50[label]:.2f} ms", flush=True)
+    return p50
+
+
 def measure_ceiling(args) -> list[dict]:
     """Each backend's batched samples/s in this process, 1 thread, no HTTP."""
     rows = []
@@ -212,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_generator": "wrk -t1, sharing the cores with the server",
         "points": [asdict(p) for p in measure_servers(args)],
         "ceiling": measure_ceiling(args),
+        "idle_penalty_p50_ms": measure_idle_penalty(args) if "mlp" in args.models else {},
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, args.out)

@@ -1,6 +1,7 @@
 """Start servers on a free loopback port and stop them: the real service (`python -m service`)
 for the tests and the load tests, and any command for the benchmark."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,11 +69,13 @@ def running(command: list[str], env: dict, url: str, ready_path: str, log: Path,
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # Whatever is left of its process group goes too: plain LitServe, for one, dies on
+        # SIGTERM without stopping its HTTP and worker processes, which then keep polling.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
 
 
 @contextmanager

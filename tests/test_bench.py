@@ -38,6 +38,8 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     assert {(r["backend"], r["batch"]) for r in results["ceiling"]} == {
         (b, n) for b in ("onnxruntime", "torchscript") for n in (1, 16, 64)
     }
+    idle = results["idle_penalty_p50_ms"]
+    assert set(idle) == {"batch_timeout_50ms", "batching_off"} and all(v > 0 for v in idle.values())
     report = (out / "results.md").read_text()
     assert "## mlp" in report and "| floor |" in report and "The issue's bars" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.protocol import BINARY_HEADER
 from training.data import Dataset
 
 PROTOCOLS = ("v1", "v2", "v2-binary")
-BINARY_HEADER = "Inference-Header-Content-Length"
 PAYLOADS = 64  # distinct request bodies per model and protocol
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from .backends import load_backend
 from .loop import AdaptiveBatchingLoop
-from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
+from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD, QUEUE_DURATION
 from .repository import ServedModel
 from .settings import Settings
 from .spec import KServeSpec
@@ -44,6 +44,7 @@ class ModelAPI(ls.LitAPI):
         version = str(self.model.version)
         MODEL_LOAD.labels(self.name, version).set(time.perf_counter() - started)
         MODEL_INFO.labels(self.name, version, self.model.backend, device).set(1)
+        self.queue_seconds = QUEUE_DURATION.labels(self.name)
         self.compute_seconds = BATCH_COMPUTE.labels(self.name, self.model.backend, device)
         self.batch_instances = BATCH_SIZE.labels(self.name)
         self.instances_total = INSTANCES.labels(self.name)

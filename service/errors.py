@@ -17,6 +17,7 @@ from fastapi import HTTPException
 
 class ServiceError(HTTPException):
     status: int = 500
+    reason: str = "inference_error"  # the tensorgate_rejections_total label
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status_code=self.status, detail=message, headers=headers)
@@ -24,10 +25,12 @@ class ServiceError(HTTPException):
 
 class BadRequest(ServiceError):
     status = 400
+    reason = "bad_request"
 
 
 class Unauthorized(ServiceError):
     status = 401
+    reason = "unauthorized"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
@@ -35,18 +38,22 @@ class Unauthorized(ServiceError):
 
 class NotFound(ServiceError):
     status = 404
+    reason = "not_found"
 
 
 class PayloadTooLarge(ServiceError):
     status = 413
+    reason = "too_large"
 
 
 class UnsupportedMedia(ServiceError):
     status = 415
+    reason = "unsupported_media"
 
 
 class Overloaded(ServiceError):
     status = 503
+    reason = "overloaded"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
@@ -54,3 +61,8 @@ class Overloaded(ServiceError):
 
 class Timeout(ServiceError):
     status = 504
+    reason = "timeout"
+
+
+# Status -> rejection reason, also for the 504 and 500 a worker answers as plain HTTPExceptions.
+REASONS = {cls.status: cls.reason for cls in ServiceError.__subclasses__()}

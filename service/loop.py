@@ -27,8 +27,6 @@ from litserve.loops.base import _SENTINEL_VALUE, LitLoop
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
-from .metrics import QUEUE_DURATION
-
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
@@ -115,7 +113,7 @@ class AdaptiveBatchingLoop(LitLoop):
             return
         try:
             for item in live:
-                QUEUE_DURATION.labels(lit_api.name).observe(now - item[2])
+                lit_api.queue_seconds.observe(now - item[2])
             inputs = [lit_api.decode_request(item[3]) for item in live]
             sizes = [len(x) for x in inputs]
             outputs = lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)), sizes)

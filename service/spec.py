@@ -17,22 +17,21 @@ from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from .auth import check_api_key
-from .errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, Timeout, UnsupportedMedia
+from .errors import (
+    REASONS,
+    BadRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Timeout,
+    UnsupportedMedia,
+)
 from .metrics import INFLIGHT, REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
 from .repository import ServedModel
 from .settings import Settings
 
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's
-REASONS = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    413: "too_large",
-    415: "unsupported_media",
-    503: "overloaded",
-    504: "timeout",
-}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

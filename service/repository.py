@@ -30,7 +30,7 @@ def _select(repository: Path, name: str, pinned: int | None) -> tuple[int, tuple
     if not available:
         raise ManifestError(
             f"{repository / name}: no complete version of model '{name}' "
-            "(export one with: python -m export --model {name})"
+            f"(export one with: python -m export --model {name})"
         )
     if pinned is None:
         return available[-1], available

@@ -7,40 +7,37 @@ import litserve as ls
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from litserve.transport.process_transport import MPQueueTransport
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import ModelAPI
 from .auth import check_api_key
 from .backends import resolve_device
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, error_response
+from .fastpath import InferenceFastPath
 from .metrics import render
 from .repository import ServedModel
 from .schemas import document
 from .settings import Settings
 from .spec import KServeSpec
+from .transport import PipeTransport
 
 logger = logging.getLogger(__name__)
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error answers {"error": "..."} (the V2 convention), never FastAPI's {"detail"}."""
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(BadRequest.status, f"invalid request: {exc.errors()}")
+        return error_response(BadRequest.status, f"invalid request: {exc.errors()}")
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal server error; the server logged the details")
+        return error_response(500, "internal server error; the server logged the details")
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -58,7 +55,7 @@ def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings)
     async def ready() -> Response:
         not_ready = [spec.model.name for spec in specs if not spec.ready()]
         if not_ready:
-            return _error(503, f"not ready: {', '.join(not_ready)} still loading")
+            return error_response(503, f"not ready: {', '.join(not_ready)} still loading")
         return JSONResponse({"ready": True})
 
     @app.get("/v2", tags=["metadata"])
@@ -83,14 +80,13 @@ def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings)
 
 
 class PipeQueueServer(ls.LitServer):
-    """LitServer with plain multiprocessing queues (pipes) in place of its Manager queues.
+    """LitServer with pipe queues and a thread-free response reader (see transport.py).
 
-    LitServe 0.2.19 passes every request and response through a Manager process (a proxy
-    call, that is an extra process hop, each way). Pipes go straight between the HTTP
-    process and the workers: mlp V1 at 64 connections went from 433 to 600-790 requests/s
-    on the 2-core machine (wrk, same run). Its `fast_queue` (ZMQ) option was slower there
-    (112/s): its broker process competes for the two cores. This overrides a private
-    method, so litserve is pinned (pyproject.toml) and the whole test suite runs through it.
+    Measured on the 2-core machine, mlp V1 at 64 connections (wrk, same run): LitServe's
+    Manager queues 433 requests/s; pipes 570-790; pipes read without a thread hop 1,340.
+    Its `fast_queue` (ZMQ) option was slower there (112/s): its broker process competes for
+    the two cores. This overrides a private method, so litserve is pinned (pyproject.toml)
+    and the whole test suite runs through it.
     """
 
     def _init_manager(self, num_api_servers: int):
@@ -98,7 +94,7 @@ class PipeQueueServer(ls.LitServer):
         ctx = mp.get_context("spawn")
         for path in self.litapi_request_queues:
             self.litapi_request_queues[path] = ctx.Queue()
-        self._transport = MPQueueTransport(None, [ctx.Queue() for _ in range(num_api_servers)])
+        self._transport = PipeTransport([ctx.Queue() for _ in range(num_api_servers)])
         return manager
 
 
@@ -112,6 +108,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> ls.LitServer:
     )
     add_error_handlers(server.app)
     add_server_routes(server.app, [api.spec for api in apis], settings)
+    server.app.add_middleware(InferenceFastPath, specs=[api.spec for api in apis])
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )

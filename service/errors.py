@@ -13,6 +13,7 @@ The body is always `{"error": "<what is wrong and what was expected>"}` (the V2 
 """
 
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 
 
 class ServiceError(HTTPException):
@@ -66,3 +67,7 @@ class Timeout(ServiceError):
 
 # Status -> rejection reason, also for the 504 and 500 a worker answers as plain HTTPExceptions.
 REASONS = {cls.status: cls.reason for cls in ServiceError.__subclasses__()}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from training.checkpoint import CHECKPOINT_NAME
-from training.registry import REGISTRY
+from training.registry import ALL_MODELS, REGISTRY
 
 from .manifest import Serving, read_manifest
 from .pipeline import export_model
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Export trained checkpoints to TorchScript and ONNX, verify them against "
         "eager PyTorch, and publish each as a new version in the model repository.",
     )
-    parser.add_argument("--model", choices=[*REGISTRY, "all"], default="all")
+    parser.add_argument("--model", choices=[*ALL_MODELS, "all"], default="all")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="training runs folder")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument(

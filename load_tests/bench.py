@@ -4,6 +4,11 @@ concurrencies for every model; plus each backend's in-process batched throughput
     python -m load_tests.bench                       # make bench: everything, a few minutes
     python -m load_tests.bench --models mlp --servers floor --concurrency 1 --duration 1
 
+Besides the three served models it measures resnet-cifar, the same ResNet at 3x32x32 with
+(in effect) random weights, where compute dominates. It is trained and exported through the
+same pipeline on first use, into its own repository (--bench-repository), so that
+`make serve` never serves it.
+
 Writes results.json, results.md (tables) and bench.png (throughput and p99 vs concurrency)
 to --out (docs/benchmarks/). The 2 cores are not split: wrk (one thread, C, event-driven)
 and the server share them, the same for every server, so ratios compare like with like.
@@ -25,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from export.pipeline import export_model
 from service.backends import load_backend
-from training import REGISTRY
+from training import registry, train_and_save
+from training.checkpoint import CHECKPOINT_NAME
 
 from .payloads import request_body
 from .servers import free_port, running, running_service
@@ -88,16 +95,31 @@ def wrk(url: str, body: bytes, headers: dict, concurrency: int, seconds: float) 
 
 def bodies(model: str) -> dict[str, tuple[bytes, dict]]:
     """One held-out instance, as V1 JSON and as V2 binary."""
-    x = REGISTRY[model].dataset().test.x.numpy()[:1]
+    x = registry.get(model).dataset().test.x.numpy()[:1]
     return {"v1": request_body("v1", x, "1"), "v2-binary": request_body("v2-binary", x, "1")}
 
 
+def repository(args, model: str) -> Path:
+    return args.bench_repository if model in registry.BENCHMARK_MODELS else args.repository
+
+
+def prepare_benchmark_models(args) -> None:
+    """Train and export the benchmark-only models that have no checkpoint or version yet."""
+    for model in (m for m in args.models if m in registry.BENCHMARK_MODELS):
+        if not (args.runs / model / CHECKPOINT_NAME).is_file():
+            train_and_save(model, args.runs)
+        if not (args.bench_repository / model / "1").is_dir():
+            export_model(args.runs / model / CHECKPOINT_NAME, args.bench_repository)
+
+
 @contextmanager
-def server(name: str, model: str, runs: Path, repository: Path, logs: Path) -> Iterator[str]:
-    """Start one server; yield its base URL."""
+def server(name: str, models: list[str], runs: Path, repository: Path, logs: Path) -> Iterator[str]:
+    """Start one server for `models`; yield its base URL."""
     if name.startswith("tensorgate"):
         backend = "onnxruntime" if name == "tensorgate-ort" else "torchscript"
-        with running_service(repository, logs, backend=backend, log_level="warning") as service:
+        with running_service(
+            repository, logs, backend=backend, log_level="warning", models=",".join(models)
+        ) as service:
             yield service.url
         return
     port = free_port()
@@ -110,7 +132,9 @@ def server(name: str, model: str, runs: Path, repository: Path, logs: Path) -> I
         str(port),
         "--runs",
         str(runs),
-    ] + (["--model", model] if name == "litserve" else [])
+        "--models",
+        *models,
+    ]
     ready = "/health" if name == "litserve" else "/ready"
     url = f"http://127.0.0.1:{port}"
     with running(command, dict(os.environ), url, ready, logs / f"{name}.log", timeout=120):
@@ -120,10 +144,10 @@ def server(name: str, model: str, runs: Path, repository: Path, logs: Path) -> I
 def measure_servers(args) -> list[Point]:
     points = []
     for name in args.servers:
-        # litserve serves one model per server; the others serve all at once
-        groups = [[m] for m in args.models] if name == "litserve" else [args.models]
+        # litserve serves one model per server; tensorgate one repository's models at once
+        groups = [[m] for m in args.models] if name == "litserve" else by_repository(args)
         for models in groups:
-            with server(name, models[0], args.runs, args.repository, args.logs) as url:
+            with server(name, models, args.runs, repository(args, models[0]), args.logs) as url:
                 for model in models:
                     for protocol, (body, headers) in bodies(model).items():
                         if protocol == "v2-binary" and not name.startswith("tensorgate"):
@@ -144,6 +168,13 @@ def measure_servers(args) -> list[Point]:
                                 flush=True,
                             )
     return points
+
+
+def by_repository(args) -> list[list[str]]:
+    groups: dict[Path, list[str]] = {}
+    for model in args.models:
+        groups.setdefault(repository(args, model), []).append(model)
+    return list(groups.values())
 
 
 def measure_idle_penalty(args) -> dict:
@@ -167,12 +198,13 @@ def measure_ceiling(args) -> list[dict]:
     """Each backend's batched samples/s in this process, 1 thread, no HTTP."""
     rows = []
     for model in args.models:
-        x = REGISTRY[model].dataset().test.x.numpy()
+        x = registry.get(model).dataset().test.x.numpy()
         for backend, file in (
             ("onnxruntime", "model.onnx"),
             ("torchscript", "model.torchscript.pt"),
         ):
-            runner = load_backend(backend, args.repository / model / "1" / file, "cpu", threads=1)
+            artifact = repository(args, model) / model / "1" / file
+            runner = load_backend(backend, artifact, "cpu", threads=1)
             for batch in CEILING_BATCHES:
                 xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
                 for _ in range(20):
@@ -209,16 +241,23 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--models", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    parser.add_argument(
+        "--models", nargs="+", default=list(registry.ALL_MODELS), choices=list(registry.ALL_MODELS)
+    )
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--concurrency", nargs="+", type=int, default=list(CONCURRENCY))
     parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--bench-repository", type=Path, default=Path("runs/bench-repository"),
+        help="where the benchmark-only models are exported (default: runs/bench-repository)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.logs = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
+    prepare_benchmark_models(args)
 
     from .bench_report import write_report  # matplotlib only when there is something to plot
 

@@ -1,8 +1,8 @@
 """The servers tensorgate is measured against, each as a user of the seed tutorials would write
 it. Every one takes the same V1 body, {"instances": [...]}, on /v1/models/<model>:predict.
 
-    python -m load_tests.bench_servers floor|naive-def|naive-async --port P [--runs runs]
-    python -m load_tests.bench_servers litserve --model mlp --port P [--runs runs]
+    python -m load_tests.bench_servers floor|naive-def|naive-async --models mlp resnet --port P
+    python -m load_tests.bench_servers litserve --models mlp --port P [--runs runs]
 """
 
 import argparse
@@ -16,15 +16,16 @@ import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from training import REGISTRY, load_checkpoint
+from training import load_checkpoint
 from training.checkpoint import CHECKPOINT_NAME
+from training.registry import ALL_MODELS
 
 CONSTANT = {"predictions": [{"label": "0", "index": 0, "probabilities": [1.0, 0.0]}]}
 
 
-def load_models(runs: Path) -> dict[str, torch.nn.Module]:
+def load_models(runs: Path, names: list[str]) -> dict[str, torch.nn.Module]:
     torch.set_num_threads(1)  # as the service's workers: 1 thread beat 2 on 2 cores
-    return {name: load_checkpoint(runs / name / CHECKPOINT_NAME)[1] for name in REGISTRY}
+    return {name: load_checkpoint(runs / name / CHECKPOINT_NAME)[1] for name in names}
 
 
 def predict(model: torch.nn.Module, instances: Any) -> dict:
@@ -53,9 +54,9 @@ class Body(BaseModel):
     instances: list[Any]
 
 
-def naive_def_app(runs: Path) -> FastAPI:
+def naive_def_app(runs: Path, names: list[str]) -> FastAPI:
     """FastAPI's usual form: a `def` endpoint with a pydantic body, one forward per request."""
-    models, app = load_models(runs), FastAPI()
+    models, app = load_models(runs, names), FastAPI()
 
     @app.post("/v1/models/{model}:predict")
     def infer(model: str, body: Body) -> dict:
@@ -68,9 +69,9 @@ def naive_def_app(runs: Path) -> FastAPI:
     return app
 
 
-def naive_async_app(runs: Path) -> FastAPI:
+def naive_async_app(runs: Path, names: list[str]) -> FastAPI:
     """The faster naive form: `async def`, parsing the body itself, forward on the event loop."""
-    models, app = load_models(runs), FastAPI()
+    models, app = load_models(runs, names), FastAPI()
 
     @app.post("/v1/models/{model}:predict")
     async def infer(model: str, request: Request) -> dict:
@@ -91,7 +92,7 @@ class PlainAPI(ls.LitAPI):
         self.runs, self.name = runs, name
 
     def setup(self, device: str) -> None:
-        self.model = load_models(self.runs)[self.name]
+        self.model = load_models(self.runs, [self.name])[self.name]
 
     def decode_request(self, request: dict) -> torch.Tensor:
         return torch.tensor(request["instances"][0], dtype=torch.float32)
@@ -119,15 +120,17 @@ def main() -> None:
     parser.add_argument("server", choices=["floor", "naive-def", "naive-async", "litserve"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
-    parser.add_argument("--model", choices=list(REGISTRY), help="litserve: the one model")
+    parser.add_argument(
+        "--models", nargs="+", choices=list(ALL_MODELS), help="what to serve; litserve: one"
+    )
     args = parser.parse_args()
     if args.server == "litserve":
-        run_litserve(args.runs, args.model, args.port)
+        run_litserve(args.runs, args.models[0], args.port)
         return
     apps = {
         "floor": floor_app,
-        "naive-def": lambda: naive_def_app(args.runs),
-        "naive-async": lambda: naive_async_app(args.runs),
+        "naive-def": lambda: naive_def_app(args.runs, args.models),
+        "naive-async": lambda: naive_async_app(args.runs, args.models),
     }
     uvicorn.run(apps[args.server](), host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -43,3 +43,18 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     report = (out / "results.md").read_text()
     assert "## mlp" in report and "| floor |" in report and "The issue's bars" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
+    tool("wrk")
+    runs, repository, out = tmp_path / "runs", tmp_path / "bench-repository", tmp_path / "out"
+    command = [sys.executable, "-m", "load_tests.bench", "--models", "resnet-cifar"]
+    command += ["--servers", "naive-async", "--concurrency", "1", "--duration", "1"]
+    command += ["--runs", str(runs), "--bench-repository", str(repository), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((repository / "resnet-cifar" / "1" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["shape"] == [-1, 3, 32, 32]
+    assert manifest["parity"]["onnx"]["max_abs_diff"] <= 1e-4
+    [point] = json.loads((out / "results.json").read_text())["points"]
+    assert (point["server"], point["model"], point["errors"]) == ("naive-async", "resnet-cifar", 0)

@@ -76,3 +76,13 @@ def digits_rows() -> Dataset:
     """The same digits as sequences of 8 row-tokens of 8 pixels each, (N, 8, 8)."""
     raw = datasets.load_digits()
     return _split("digits_rows", "multiclass", raw.target_names, raw.images, raw.target)
+
+
+def random_images() -> Dataset:
+    """1,000 random 3x32x32 images of pixels 0-255 with random labels (seed 0): CIFAR-10's
+    shape without its download, for the compute-heavy benchmark model. Nothing can be learnt
+    from it; a model trained on it is as good as random weights (accuracy about 0.1)."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    images = rng.integers(0, 256, size=(1000, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, size=1000)
+    return _split("random_images", "multiclass", range(10), images, labels)

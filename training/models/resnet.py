@@ -18,6 +18,17 @@ class ResNetConfig(TrainConfig):
     lr: float = 3e-3
 
 
+@dataclass
+class CifarResNetConfig(ResNetConfig):
+    """The same ResNet at CIFAR-10's input size, for the benchmark where compute dominates
+    (about 40 times the digits model's work per image). It trains one epoch on random data:
+    the point is its weights' cost, not their value."""
+
+    in_channels: int = 3
+    image_size: int = 32
+    epochs: int = 1
+
+
 class ResNetBlock(nn.Module):
     """The seed's block: conv3x3-BN-ReLU-conv3x3-BN plus the input, then ReLU.
 

@@ -142,6 +142,7 @@ def write_report(results: dict, out: Path) -> None:
         "# Benchmark results",
         "",
         f"{results['date']}; {results['machine']}; {results['load_generator']}; "
+        f"tensorgate with {results.get('tensorgate', 'its defaults')}; "
         f"{results['duration_s']:g} s per measurement after a 1 s warm-up; one instance per "
         "request; ONNX Runtime and torch with 1 intra-op thread everywhere. Each cell: "
         "requests/s (p50 / p99 ms); errors are listed where there were any.",

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .api import ModelAPI
+    from .transport import PipeTransport
 
 Item = tuple  # (response_queue_id, uid, enqueued_at (monotonic), payload (N, ...) ndarray)
 
@@ -95,33 +96,39 @@ class AdaptiveBatchingLoop(LitLoop):
             count += len(item[3])
         return items, False
 
-    def _answer(self, transport, item: Item, data, status) -> None:
-        self.put_response(transport, item[0], item[1], data, status, LoopResponseType.REGULAR)
+    def _answer(self, transport: "PipeTransport", answers: list[tuple[Item, object, str]]) -> None:
+        """Send (item, data, status) answers, one message per HTTP process (see transport.py)."""
+        by_consumer: dict[int, list] = {}
+        for item, data, status in answers:
+            message = (item[1], (data, status, LoopResponseType.REGULAR, self.worker_id))
+            by_consumer.setdefault(item[0], []).append(message)
+        for consumer_id, messages in by_consumer.items():
+            transport.send_many(messages, consumer_id)
 
     def run_batch(
-        self, lit_api: "ModelAPI", items: list[Item], transport: MessageTransport
+        self, lit_api: "ModelAPI", items: list[Item], transport: "PipeTransport"
     ) -> None:
         now = time.monotonic()
-        live = []
+        live, answers = [], []
         for item in items:
             if lit_api.request_timeout and now - item[2] > lit_api.request_timeout:
                 error = PickleableHTTPException(504, "request timed out in the queue")
-                self._answer(transport, item, error, LitAPIStatus.ERROR)
+                answers.append((item, error, LitAPIStatus.ERROR))
             else:
                 live.append(item)
-        if not live:
-            return
         try:
-            for item in live:
-                lit_api.queue_seconds.observe(now - item[2])
-            inputs = [lit_api.decode_request(item[3]) for item in live]
-            sizes = [len(x) for x in inputs]
-            outputs = lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)), sizes)
-            for item, output in zip(live, outputs, strict=True):
-                self._answer(transport, item, lit_api.encode_response(output), LitAPIStatus.OK)
+            if live:
+                for item in live:
+                    lit_api.queue_seconds.observe(now - item[2])
+                inputs = [lit_api.decode_request(item[3]) for item in live]
+                sizes = [len(x) for x in inputs]
+                outputs = lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)), sizes)
+                for item, output in zip(live, outputs, strict=True):
+                    answers.append((item, lit_api.encode_response(output), LitAPIStatus.OK))
         except Exception as e:  # a failing batch fails only its own requests
             logger.exception("inference failed for a batch of %d requests", len(live))
             detail = e.detail if isinstance(e, HTTPException) else f"inference failed: {e}"
             error = PickleableHTTPException(getattr(e, "status_code", 500), detail)
-            for item in live:
-                self._answer(transport, item, error, LitAPIStatus.ERROR)
+            answers = [a for a in answers if a[2] == LitAPIStatus.ERROR]
+            answers += [(item, error, LitAPIStatus.ERROR) for item in live]
+        self._answer(transport, answers)

@@ -34,3 +34,15 @@ def test_a_closed_transport_stops_the_reader():
     transport.close(send_sentinel=False)
     with pytest.raises(asyncio.CancelledError):
         uvloop.run(transport.areceive(0))
+
+
+def test_a_batch_of_responses_sent_as_one_message_is_received_one_by_one():
+    transport = PipeTransport([mp.get_context("spawn").Queue()])
+    transport.send_many([("a", 1), ("b", 2)], 0)
+    transport.send(("c", 3), 0)
+    transport.send_many([("d", 4)], 0)
+
+    async def main() -> list:
+        return [await asyncio.wait_for(transport.areceive(0), timeout=10) for _ in range(4)]
+
+    assert uvloop.run(main()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]

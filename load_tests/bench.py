@@ -20,13 +20,14 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,26 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int
+    rps_rounds: list[float] = field(default_factory=list)  # each round's; rps is their median
+
+
+def medians(rounds: list[list[Point]]) -> list[Point]:
+    """One Point per (server, model, concurrency): the median over the rounds (errors summed)."""
+    by_key: dict[tuple, list[Point]] = {}
+    for points in rounds:
+        for p in points:
+            by_key.setdefault((p.server, p.model, p.concurrency), []).append(p)
+    return [
+        Point(
+            *key,
+            rps=statistics.median(p.rps for p in ps),
+            p50_ms=statistics.median(p.p50_ms for p in ps),
+            p99_ms=statistics.median(p.p99_ms for p in ps),
+            errors=sum(p.errors for p in ps),
+            rps_rounds=[round(p.rps, 1) for p in ps],
+        )
+        for key, ps in by_key.items()
+    ]
 
 
 def wrk(url: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> tuple:
@@ -335,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--concurrency", nargs="+", type=int, default=list(CONCURRENCY))
     parser.add_argument("--duration", type=float, default=5, help="seconds per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="sweep every server this many times, interleaved, and report medians (default: 3)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument(
@@ -349,15 +374,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from .bench_report import write_report  # matplotlib only when there is something to plot
 
+    rounds, ceilings, idles = [], [], []
+    for n in range(1, args.rounds + 1):
+        print(f"round {n} of {args.rounds}", flush=True)
+        rounds.append(measure_servers(args))
+        ceilings.append(measure_ceiling(args))
+        idles.append(measure_idle_penalty(args) if "mlp" in args.models else {})
     results = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "load_generator": "wrk -t1, sharing the cores with the server",
         "tensorgate": f"TENSORGATE_API_SERVERS={API_SERVERS}, one inference worker per model",
-        "points": [asdict(p) for p in measure_servers(args)],
-        "ceiling": measure_ceiling(args),
-        "idle_penalty_p50_ms": measure_idle_penalty(args) if "mlp" in args.models else {},
+        "points": [asdict(p) for p in medians(rounds)],
+        "ceiling": [
+            {**rows[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in rows)}
+            for rows in zip(*ceilings, strict=True)
+        ],
+        "idle_penalty_p50_ms": {
+            label: statistics.median(idle[label] for idle in idles) for label in idles[0]
+        },
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, args.out)

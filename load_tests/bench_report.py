@@ -143,9 +143,11 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"{results['date']}; {results['machine']}; {results['load_generator']}; "
         f"tensorgate with {results.get('tensorgate', 'its defaults')}; "
-        f"{results['duration_s']:g} s per measurement after a 1 s warm-up; one instance per "
-        "request; ONNX Runtime and torch with 1 intra-op thread everywhere. Each cell: "
-        "requests/s (p50 / p99 ms); errors are listed where there were any.",
+        f"{results['duration_s']:g} s per measurement after a 1 s warm-up; "
+        f"median of {results.get('rounds', 1)} interleaved round(s) (each round's requests/s "
+        "are in results.json); one instance per request; ONNX Runtime and torch with 1 "
+        "intra-op thread everywhere. Each cell: requests/s (p50 / p99 ms); errors (summed "
+        "over the rounds) are listed where there were any.",
     ]
     for model in models:
         lines += [

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from tools import tool
 
 
@@ -23,6 +24,8 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
         "1",
         "--duration",
         "1",
+        "--rounds",
+        "2",
         "--repository",
         str(exported),
         "--out",
@@ -35,6 +38,8 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     assert servers == {"floor", "tensorgate-ort v1", "tensorgate-ort v2-binary"}
     for point in results["points"]:
         assert point["rps"] > 0 and point["errors"] == 0 and 0 < point["p50_ms"] <= point["p99_ms"]
+        assert len(point["rps_rounds"]) == 2  # the median of two rounds is their mean
+        assert point["rps"] == pytest.approx(sum(point["rps_rounds"]) / 2, abs=0.1)
     assert {(r["backend"], r["batch"]) for r in results["ceiling"]} == {
         (b, n) for b in ("onnxruntime", "torchscript") for n in (1, 16, 64)
     }
@@ -49,7 +54,16 @@ def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
     tool("wrk")
     runs, repository, out = tmp_path / "runs", tmp_path / "bench-repository", tmp_path / "out"
     command = [sys.executable, "-m", "load_tests.bench", "--models", "resnet-cifar"]
-    command += ["--servers", "naive-async", "--concurrency", "1", "--duration", "1"]
+    command += [
+        "--servers",
+        "naive-async",
+        "--concurrency",
+        "1",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+    ]
     command += ["--runs", str(runs), "--bench-repository", str(repository), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -216,6 +216,9 @@ def plot(
             ax.set_xlabel("concurrent connections")
             ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"tensorgate vs the floor, naive servers and plain LitServe ({results['date']})")
+    fig.suptitle(
+        "tensorgate vs the HTTP floor, naive servers, plain LitServe and TorchServe "
+        f"({results['date']}, median of {results.get('rounds', 1)} rounds)"
+    )
     fig.savefig(path, dpi=90)
     plt.close(fig)

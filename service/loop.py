@@ -105,9 +105,7 @@ class AdaptiveBatchingLoop(LitLoop):
         for consumer_id, messages in by_consumer.items():
             transport.send_many(messages, consumer_id)
 
-    def run_batch(
-        self, lit_api: "ModelAPI", items: list[Item], transport: "PipeTransport"
-    ) -> None:
+    def run_batch(self, lit_api: "ModelAPI", items: list[Item], transport: "PipeTransport") -> None:
         now = time.monotonic()
         live, answers = [], []
         for item in items:

@@ -23,6 +23,16 @@ def _best_tensorgate(points: dict, model: str, c: int) -> dict | None:
     return max(mine, key=lambda p: p["rps"], default=None)
 
 
+def _ratio_row(bar: str, ours: float, rival: float, at_least: float) -> tuple[str, str, str]:
+    """(bar, "r x (ours / rival)", met or missed) for a bar of ours >= at_least x rival."""
+    ratio = ours / rival
+    return (
+        bar,
+        f"{ratio:.2f} x ({ours:.0f} / {rival:.0f})",
+        "met" if ratio >= at_least else "missed",
+    )
+
+
 def _best_v2_binary(points: dict, model: str, c: int) -> dict | None:
     mine = [points.get((f"{s} v2-binary", model, c)) for s in ("tensorgate-ort", "tensorgate-ts")]
     return max(filter(None, mine), key=lambda p: p["rps"], default=None)
@@ -37,14 +47,8 @@ def _compute_heavy_bars(results: dict, points: dict) -> list[tuple[str, str, str
     )
     rows = []
     if ours and naive:
-        ratio = ours["rps"] / naive["rps"]
-        rows.append(
-            (
-                f"{COMPUTE_HEAVY} c=64 V2 binary: >= 4 x the faster naive server",
-                f"{ratio:.2f} x ({ours['rps']:.0f} / {naive['rps']:.0f})",
-                "met" if ratio >= 4 else "missed",
-            )
-        )
+        bar = f"{COMPUTE_HEAVY} c=64 V2 binary: >= 4 x the faster naive server"
+        rows.append(_ratio_row(bar, ours["rps"], naive["rps"], 4))
     backend = (
         "torchscript" if ours and ours["server"].startswith("tensorgate-ts") else "onnxruntime"
     )
@@ -57,14 +61,8 @@ def _compute_heavy_bars(results: dict, points: dict) -> list[tuple[str, str, str
         None,
     )
     if ours and ceiling:
-        ratio = ours["rps"] / ceiling
-        rows.append(
-            (
-                f"{COMPUTE_HEAVY} c=64 V2 binary: samples/s >= 0.6 x the {backend} ceiling",
-                f"{ratio:.2f} x ({ours['rps']:.0f} / {ceiling:.0f})",
-                "met" if ratio >= 0.6 else "missed",
-            )
-        )
+        bar = f"{COMPUTE_HEAVY} c=64 V2 binary: samples/s >= 0.6 x the {backend} ceiling"
+        rows.append(_ratio_row(bar, ours["rps"], ceiling, 0.6))
     return rows
 
 
@@ -80,24 +78,12 @@ def bars(results: dict) -> list[tuple[str, str, str]]:
     for model in models:
         ours, naive = _best_tensorgate(points, model, 64), _faster_naive(points, model, 64)
         plain, floor = points.get(("litserve", model, 64)), points.get(("floor", model, 64))
-        if ours and floor and model == "mlp":
-            ratio = ours["rps"] / floor["rps"]
-            rows.append(
-                (
-                    f"{model} c=64: >= 0.6 x floor",
-                    f"{ratio:.2f} x ({ours['rps']:.0f} / {floor['rps']:.0f})",
-                    "met" if ratio >= 0.6 else "missed",
-                )
-            )
         torchserve = points.get(("torchserve", model, 64))
+        if ours and floor and model == "mlp":
+            rows.append(_ratio_row(f"{model} c=64: >= 0.6 x floor", ours["rps"], floor["rps"], 0.6))
         if ours and torchserve and model == "mlp":
-            ratio = ours["rps"] / torchserve["rps"]
             rows.append(
-                (
-                    f"{model} c=64: >= TorchServe",
-                    f"{ratio:.2f} x ({ours['rps']:.0f} / {torchserve['rps']:.0f})",
-                    "met" if ratio >= 1 else "missed",
-                )
+                _ratio_row(f"{model} c=64: >= TorchServe", ours["rps"], torchserve["rps"], 1)
             )
         for rival, label in ((naive, "the faster naive server"), (plain, "plain LitServe")):
             if ours and rival and model in REGISTRY:

@@ -5,7 +5,8 @@ exit-stack middleware, the route scan, dependency solving) took about half of th
 process's CPU, and that process was the bottleneck. The inference routes stay registered in
 FastAPI, so /docs and /openapi.json describe them and every other method or path goes the
 usual way; this ASGI layer answers exactly these POSTs first, with the same handlers, the
-same `{"error": ...}` format and the same gzip response compression.
+same `{"error": ...}` format and the same gzip response compression. A middleware added
+to the FastAPI app does not see these requests: add it around this one (app.py) instead.
 """
 
 import logging

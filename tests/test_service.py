@@ -300,3 +300,25 @@ def test_docs_and_openapi_name_the_request_and_response_models(service):
         spec["components"]["schemas"]
     )
     assert "mlp v1" in spec["info"]["description"]
+
+
+def test_the_fast_path_and_fastapis_route_answer_alike(service):
+    """/v2/models/m/infer takes the fast path (fastpath.py); /versions/1/infer goes through
+    FastAPI. Same answers, same errors, same gzip; other methods still reach FastAPI."""
+    ok, bad = v2_json(rows("resnet", 40)), {"inputs": []}
+    headers = {"Accept-Encoding": "gzip"}
+    fast = [service.post("/v2/models/resnet/infer", json=b, headers=headers) for b in (ok, bad)]
+    slow = [
+        service.post("/v2/models/resnet/versions/1/infer", json=b, headers=headers)
+        for b in (ok, bad)
+    ]
+    for f, s in zip(fast, slow, strict=True):
+        assert (f.status_code, f.headers["content-type"]) == (
+            s.status_code,
+            s.headers["content-type"],
+        )
+        assert f.json() == s.json()
+    assert fast[0].headers["content-encoding"] == slow[0].headers["content-encoding"] == "gzip"
+    assert fast[1].status_code == 400
+    not_post = requests.get(service.url + "/v2/models/resnet/infer", timeout=30)
+    assert not_post.status_code == 404 and "no endpoint GET" in not_post.json()["error"]

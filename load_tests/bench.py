@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, versions
 from export.pipeline import export_model
 from service.backends import load_backend
 from training import registry, train_and_save
@@ -49,9 +50,8 @@ SERVERS = (
     "tensorgate-ort",
     "tensorgate-ts",
 )
-TORCHSERVE = (
-    Path(sys.executable).parent / "torchserve"
-)  # pip install torchserve torch-model-archiver
+# pip install torchserve torch-model-archiver (not a project dependency)
+TORCHSERVE = Path(sys.executable).parent / "torchserve"
 CONCURRENCY = (1, 16, 64)
 # tensorgate runs two HTTP processes (TENSORGATE_API_SERVERS), one per core, as TorchServe's
 # frontend runs a thread per core: mlp V1 at c=64 went from 2,727 to 3,441 requests/s.
@@ -139,12 +139,18 @@ def repository(args, model: str) -> Path:
     return args.bench_repository if model in registry.BENCHMARK_MODELS else args.repository
 
 
+def served_version(repository: Path, model: str) -> Path:
+    """The version folder tensorgate serves by default (the highest), so that every server
+    and the in-process ceiling run the same artifacts."""
+    return repository / model / str(max(versions(repository / model)))
+
+
 def prepare_benchmark_models(args) -> None:
     """Train and export the benchmark-only models that have no checkpoint or version yet."""
     for model in (m for m in args.models if m in registry.BENCHMARK_MODELS):
         if not (args.runs / model / CHECKPOINT_NAME).is_file():
             train_and_save(model, args.runs)
-        if not (args.bench_repository / model / "1").is_dir():
+        if not versions(args.bench_repository / model):
             export_model(args.runs / model / CHECKPOINT_NAME, args.bench_repository)
 
 
@@ -193,7 +199,7 @@ def torchserve(models: list[str], repository: Path, logs: Path) -> Iterator[str]
     store = Path(tempfile.mkdtemp(prefix="torchserve-", dir=logs))
     handler = Path(__file__).with_name("torchserve_handler.py")
     for model in models:
-        serialized = repository / model / "1" / "model.torchscript.pt"
+        serialized = served_version(repository, model) / TORCHSCRIPT_NAME
         subprocess.run(
             [str(TORCHSERVE.with_name("torch-model-archiver")), "--model-name", model,
              "--version", "1", "--serialized-file", str(serialized), "--handler", str(handler),
@@ -252,8 +258,9 @@ def path(server_name: str, protocol: str, model: str) -> str:
 def measure_servers(args) -> list[Point]:
     points = []
     for name in args.servers:
-        if name == "torchserve" and torchserve_missing():
-            print(f"torchserve: skipped, {torchserve_missing()}", flush=True)
+        missing = torchserve_missing() if name == "torchserve" else None
+        if missing:
+            print(f"torchserve: skipped, {missing}", flush=True)
             continue
         # litserve serves one model per server; tensorgate one repository's models at once
         groups = [[m] for m in args.models] if name == "litserve" else by_repository(args)
@@ -308,12 +315,9 @@ def measure_ceiling(args) -> list[dict]:
     rows = []
     for model in args.models:
         x = registry.get(model).dataset().test.x.numpy()
-        for backend, file in (
-            ("onnxruntime", "model.onnx"),
-            ("torchscript", "model.torchscript.pt"),
-        ):
-            artifact = repository(args, model) / model / "1" / file
-            runner = load_backend(backend, artifact, "cpu", threads=1)
+        version_dir = served_version(repository(args, model), model)
+        for backend, file in (("onnxruntime", ONNX_NAME), ("torchscript", TORCHSCRIPT_NAME)):
+            runner = load_backend(backend, version_dir / file, "cpu", threads=1)
             for batch in CEILING_BATCHES:
                 xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
                 for _ in range(20):

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,18 +25,6 @@ def prepare_metrics_dir() -> Path:
     return path
 
 
-MAIN_PID = os.getpid()
-
-
-def _stop(signum: int, frame) -> None:
-    # LitServe shuts its workers down cleanly on KeyboardInterrupt only; SIGTERM (docker stop,
-    # Kubernetes) would otherwise kill the parent and orphan the worker processes. The forked
-    # HTTP servers inherit this handler; uvicorn re-raises SIGTERM there once it has drained.
-    if os.getpid() != MAIN_PID:
-        raise SystemExit(0)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(_cli_parse_args=argv if argv is not None else True)
@@ -53,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.manifest import ManifestError  # after the metrics folder is set
 
     from .app import build_server
+    from .engine import StartupError
     from .repository import load_models
 
     try:
@@ -70,14 +58,20 @@ def main(argv: list[str] | None = None) -> int:
             m.batch_timeout,
         )
     server = build_server(settings, models)
-    signal.signal(signal.SIGTERM, _stop)
-    server.run(
-        host=settings.host,
-        port=settings.port,
-        num_api_servers=settings.api_servers,
-        log_level=settings.log_level,
-        generate_client_file=False,
-    )
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+        )
+    except StartupError as e:
+        logger.error("refusing to start: %s", e)
+        return 1
+    if server.exit_reason:
+        logger.error("stopped: %s", server.exit_reason)
+        return 1
     return 0
 
 

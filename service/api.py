@@ -6,8 +6,8 @@ import litserve as ls
 import numpy as np
 
 from .backends import load_backend
-from .loop import AdaptiveBatchingLoop
-from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD, QUEUE_DURATION
+from .engine import Engine, WorkerLoop
+from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
 from .repository import ServedModel
 from .settings import Settings
 from .spec import KServeSpec
@@ -18,21 +18,23 @@ WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a 
 class ModelAPI(ls.LitAPI):
     """The LitServe lifecycle for one model.
 
-    setup: load and warm the backend (the worker reports ready only after it);
-    decode_request: the payload is already a validated float32 array (see protocol.py);
-    batch -> predict -> unbatch: concatenate requests, run max-size device calls, split back.
+    setup: load and warm the backend (the worker reports ready only after it), timing the
+    warm-up batches for the batching policy; batch -> predict -> unbatch: concatenate the
+    requests, run max-size device calls, split back. Requests arrive already validated as
+    float32 arrays (protocol.py, in the HTTP process), so there is nothing to decode.
     """
 
-    def __init__(self, model: ServedModel, settings: Settings) -> None:
+    def __init__(self, model: ServedModel, settings: Settings, engine: Engine) -> None:
         super().__init__(
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
-            spec=KServeSpec(model, settings),
-            loop=AdaptiveBatchingLoop(),
+            spec=KServeSpec(model, settings, engine),
+            loop=WorkerLoop(engine.token, model.name, settings.log_level),
         )
         self.model = model
         self.name = model.name
         self.threads = settings.threads
+        self.warmup_costs: list[tuple[int, float]] = []
 
     async def authorize(self) -> None:
         """LitServe's auth hook for this model's routes: deliberately a no-op coroutine.
@@ -47,18 +49,17 @@ class ModelAPI(ls.LitAPI):
         self.backend = load_backend(self.model.backend, self.model.artifact, device, self.threads)
         shape = tuple(self.model.manifest.inputs[0].shape[1:])
         for size in (1, self.max_batch_size):
+            x = np.zeros((size, *shape), dtype=np.float32)
             for _ in range(WARMUP_ROUNDS):
-                self.backend.infer(np.zeros((size, *shape), dtype=np.float32))
+                began = time.perf_counter()
+                self.backend.infer(x)
+            self.warmup_costs.append((size, time.perf_counter() - began))  # the warm one
         version = str(self.model.version)
         MODEL_LOAD.labels(self.name, version).set(time.perf_counter() - started)
         MODEL_INFO.labels(self.name, version, self.model.backend, device).set(1)
-        self.queue_seconds = QUEUE_DURATION.labels(self.name)
         self.compute_seconds = BATCH_COMPUTE.labels(self.name, self.model.backend, device)
         self.batch_instances = BATCH_SIZE.labels(self.name)
         self.instances_total = INSTANCES.labels(self.name)
-
-    def decode_request(self, request: np.ndarray) -> np.ndarray:
-        return request
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
@@ -75,6 +76,3 @@ class ModelAPI(ls.LitAPI):
 
     def unbatch(self, output: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
         return np.split(output, np.cumsum(sizes)[:-1])
-
-    def encode_response(self, output: np.ndarray) -> np.ndarray:
-        return output  # the HTTP process encodes V1 or V2, as the request asked

@@ -1,9 +1,7 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
 import logging
-import multiprocessing as mp
 
-import litserve as ls
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,14 +11,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .api import ModelAPI
 from .auth import check_api_key
 from .backends import resolve_device
+from .engine import Engine, EngineServer
 from .errors import BadRequest, NotFound, error_response
 from .fastpath import InferenceFastPath
-from .metrics import render
+from .metrics import QueueCollector, render
 from .repository import ServedModel
 from .schemas import document
 from .settings import Settings
 from .spec import KServeSpec
-from .transport import PipeTransport
 
 logger = logging.getLogger(__name__)
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
@@ -44,8 +42,11 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
 
 
-def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings) -> None:
+def add_server_routes(
+    app: FastAPI, specs: list[KServeSpec], settings: Settings, engine: Engine
+) -> None:
     served = sorted(spec.model.name for spec in specs)
+    queues = QueueCollector(served, settings.max_queue, engine.in_flight)
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict:
@@ -53,9 +54,11 @@ def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings)
 
     @app.get("/v2/health/ready", tags=["health"])
     async def ready() -> Response:
-        not_ready = [spec.model.name for spec in specs if not spec.ready()]
+        if engine.draining:
+            return error_response(503, "not ready: the server is shutting down")
+        not_ready = [spec.model.name for spec in specs if not await spec.ready()]
         if not_ready:
-            return error_response(503, f"not ready: {', '.join(not_ready)} still loading")
+            return error_response(503, f"not ready: {', '.join(not_ready)} loading or restarting")
         return JSONResponse({"ready": True})
 
     @app.get("/v2", tags=["metadata"])
@@ -65,7 +68,7 @@ def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings)
 
     @app.get("/metrics", tags=["metrics"])
     async def metrics() -> Response:
-        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(queues), media_type=CONTENT_TYPE_LATEST)
 
     # Registered after every model's routes, so they answer only what no model matched.
     async def unknown(request: Request, model: str) -> Response:
@@ -79,35 +82,23 @@ def add_server_routes(app: FastAPI, specs: list[KServeSpec], settings: Settings)
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
 
 
-class PipeQueueServer(ls.LitServer):
-    """LitServer with pipe queues and a thread-free response reader (see transport.py).
-
-    Measured on the 2-core machine, mlp V1 at 64 connections (wrk, same run): LitServe's
-    Manager queues 433 requests/s; pipes 570-790; pipes read without a thread hop 1,340.
-    Its `fast_queue` (ZMQ) option was slower there (112/s): its broker process competes for
-    the two cores. This overrides a private method, so litserve is pinned (pyproject.toml)
-    and the whole test suite runs through it.
-    """
-
-    def _init_manager(self, num_api_servers: int):
-        manager = super()._init_manager(num_api_servers)
-        ctx = mp.get_context("spawn")
-        for path in self.litapi_request_queues:
-            self.litapi_request_queues[path] = ctx.Queue()
-        self._transport = PipeTransport([ctx.Queue() for _ in range(num_api_servers)])
-        return manager
-
-
-def build_server(settings: Settings, models: list[ServedModel]) -> ls.LitServer:
-    apis = [ModelAPI(model, settings) for model in models]
-    server = PipeQueueServer(
+def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
+    engine = Engine(
+        [m.name for m in models],
+        max_queue=settings.max_queue,
+        request_timeout=settings.request_timeout,
+        drain_timeout=settings.drain_timeout,
+    )
+    apis = [ModelAPI(model, settings, engine) for model in models]
+    server = EngineServer(
         apis,
+        engine,
         accelerator=resolve_device(settings.device),
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
     )
     add_error_handlers(server.app)
-    add_server_routes(server.app, [api.spec for api in apis], settings)
+    add_server_routes(server.app, [api.spec for api in apis], settings, engine)
     server.app.add_middleware(InferenceFastPath, specs=[api.spec for api in apis])
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models

@@ -6,7 +6,11 @@
     ├── NotFound            404  unknown model or version
     ├── PayloadTooLarge     413  body over TENSORGATE_MAX_BODY_BYTES
     ├── UnsupportedMedia    415  a Content-Encoding the service does not decode
+    ├── ClientGone          499  the client disconnected before its answer (never sent)
+    ├── InferenceFailed     500  the model raised while running a batch
     ├── Overloaded          503  the model's queue is full (with Retry-After)
+    ├── Unavailable         503  the model's worker died or is (re)starting (with Retry-After)
+    ├── ShuttingDown        503  the server is draining (Retry-After, Connection: close)
     └── Timeout             504  no answer within TENSORGATE_REQUEST_TIMEOUT
 
 The body is always `{"error": "<what is wrong and what was expected>"}` (the V2 convention).
@@ -52,6 +56,16 @@ class UnsupportedMedia(ServiceError):
     reason = "unsupported_media"
 
 
+class ClientGone(ServiceError):
+    status = 499  # nginx's "client closed request": counted, never sent
+    reason = "client_gone"
+
+
+class InferenceFailed(ServiceError):
+    status = 500
+    reason = "inference_error"
+
+
 class Overloaded(ServiceError):
     status = 503
     reason = "overloaded"
@@ -60,13 +74,27 @@ class Overloaded(ServiceError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class Unavailable(Overloaded):
+    reason = "unavailable"
+
+
+class ShuttingDown(ServiceError):
+    status = 503
+    reason = "shutting_down"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
+
+
 class Timeout(ServiceError):
     status = 504
     reason = "timeout"
 
 
-# Status -> rejection reason, also for the 504 and 500 a worker answers as plain HTTPExceptions.
-REASONS = {cls.status: cls.reason for cls in ServiceError.__subclasses__()}
+def for_status(status: int, message: str) -> ServiceError:
+    """The error a worker's answer stands for (workers send a status and a message)."""
+    cls = next((c for c in ServiceError.__subclasses__() if c.status == status), InferenceFailed)
+    return cls(message)
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:

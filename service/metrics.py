@@ -7,7 +7,10 @@ adds them up. Gauges say how processes combine: in-flight requests sum over the 
 processes; a model's info and load time are the live workers' maximum.
 """
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Sub-millisecond to 30 s: small models answer in well under a millisecond on the CPU.
@@ -62,10 +65,40 @@ MODEL_INFO = Gauge(
 REJECTIONS = Counter(
     "tensorgate_rejections", "Requests refused before inference, by reason.", ["model", "reason"]
 )
+WORKER_RESTARTS = Counter(
+    "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
+)
 
 
-def render() -> bytes:
-    """The Prometheus text exposition of every live process's samples."""
+class QueueCollector:
+    """The queue bound and what fills it, read from the engine's shared counters at scrape time
+    (exact across HTTP processes, unlike a gauge each process sets)."""
+
+    def __init__(self, models: list[str], limit: int, in_flight: Callable[[str], int]) -> None:
+        self.models, self.limit, self.in_flight = models, limit, in_flight
+
+    def collect(self):
+        limit = GaugeMetricFamily(
+            "tensorgate_queue_limit",
+            "Most requests queued or running per model (TENSORGATE_MAX_QUEUE).",
+            labels=["model"],
+        )
+        queued = GaugeMetricFamily(
+            "tensorgate_queued_requests",
+            "Requests queued or running per model, across all HTTP processes.",
+            labels=["model"],
+        )
+        for model in self.models:
+            limit.add_metric([model], self.limit)
+            queued.add_metric([model], self.in_flight(model))
+        yield limit
+        yield queued
+
+
+def render(*collectors: object) -> bytes:
+    """The Prometheus text exposition of every live process's samples, and `collectors`'."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)

@@ -56,7 +56,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         256,
         ge=1,
-        description="requests in flight per model per HTTP server process; more answer 503",
+        description="requests queued or running per model, across all HTTP server processes; "
+        "more answer 503 with Retry-After",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a SIGTERM/SIGINT drain may take; what is left then answers 503 "
+        "(keep it below the orchestrator's grace period)",
     )
     api_key: SecretStr | None = Field(
         None, description="when set, inference and metadata calls need it; health, metrics open"

@@ -2,28 +2,25 @@
 model's one LitServe request queue, so their requests are batched together.
 
 Runs in LitServe's HTTP server processes: it authorises, reads the body under its size
-limit, validates it into a float32 batch (protocol.py), bounds the requests in flight,
-queues, waits for the worker's probabilities and encodes them as the protocol asks.
+limit, validates it into a float32 batch (protocol.py), hands it to the engine (which bounds
+the queue, batches and answers) and encodes the probabilities as the protocol asks.
 """
 
-import asyncio
 import time
-import uuid
 import zlib
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
 from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 
 from .auth import check_api_key
+from .engine import Engine
 from .errors import (
-    REASONS,
     BadRequest,
+    ClientGone,
     NotFound,
-    Overloaded,
     PayloadTooLarge,
-    Timeout,
+    ServiceError,
     UnsupportedMedia,
 )
 from .metrics import INFLIGHT, REJECTIONS, REQUEST_DURATION, REQUESTS
@@ -64,10 +61,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class KServeSpec(LitSpec):
-    def __init__(self, model: ServedModel, settings: Settings) -> None:
+    def __init__(self, model: ServedModel, settings: Settings, engine: Engine) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
+        self.engine = engine
         tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
         self.signature = Signature(
             model=model.name,
@@ -78,10 +76,7 @@ class KServeSpec(LitSpec):
             labels=tuple(model.manifest.labels),
             max_instances=settings.max_instances,
         )
-        # LitServe keys the model's request queue and its workers' status by this path.
-        self.api_path = f"/v1/models/{model.name}:predict"
-        self.worker_key = self.api_path.rsplit("/", 1)[-1]
-        self.inflight = 0  # requests queued or running, in this HTTP process
+        self.api_path = f"/v1/models/{model.name}:predict"  # LitServe names the model by it
         v1, v2 = f"/v1/models/{model.name}", f"/v2/models/{model.name}"
         for path, endpoint, method in (
             (f"{v1}:predict", self.v1_predict, "POST"),
@@ -97,11 +92,9 @@ class KServeSpec(LitSpec):
 
     # -- state -------------------------------------------------------------------------
 
-    def ready(self) -> bool:
-        """Every inference worker of this model has loaded, verified and warmed it up."""
-        status = dict(getattr(self._server, "workers_setup_status", None) or {})
-        mine = [v for k, v in status.items() if k.rsplit("_", 1)[0] == self.worker_key]
-        return bool(mine) and all(v == WorkerSetupStatus.READY for v in mine)
+    async def ready(self) -> bool:
+        """Every inference worker of this model has loaded and warmed it and is reachable."""
+        return await self.engine.ready(self.model.name)
 
     def _check_version(self, version: str | None) -> None:
         if version is None or version == str(self.model.version):
@@ -117,34 +110,8 @@ class KServeSpec(LitSpec):
 
     # -- inference ---------------------------------------------------------------------
 
-    async def _run(self, x: np.ndarray) -> np.ndarray:
-        """Queue one validated batch for the model's workers and wait for its probabilities."""
-        if self.inflight >= self.settings.max_queue:
-            raise Overloaded(
-                f"model '{self.model.name}' has {self.inflight} requests in flight, "
-                "its limit (TENSORGATE_MAX_QUEUE); retry shortly"
-            )
-        uid = uuid.uuid4().hex
-        event = asyncio.Event()
-        self.response_buffer[uid] = ResponseBufferItem(event=event)
-        self.inflight += 1
-        try:
-            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), x))
-            await asyncio.wait_for(event.wait(), timeout=self.settings.request_timeout)
-            response, status = self.response_buffer[uid].response
-        except TimeoutError:
-            raise Timeout(
-                f"model '{self.model.name}' did not answer within "
-                f"{self.settings.request_timeout:g} s (TENSORGATE_REQUEST_TIMEOUT)"
-            ) from None
-        finally:
-            self.inflight -= 1
-            self.response_buffer.pop(uid, None)
-        if status == LitAPIStatus.ERROR:
-            if isinstance(response, HTTPException):
-                raise HTTPException(response.status_code, response.detail)
-            raise HTTPException(500, f"inference failed: {response!r}")
-        return response
+    async def _run(self, request: Request, x: np.ndarray) -> np.ndarray:
+        return await self.engine.submit(self.model.name, x, request.receive)
 
     async def _serve(
         self, request: Request, protocol: str, version: str | None, handle
@@ -161,7 +128,9 @@ class KServeSpec(LitSpec):
             return response
         except HTTPException as e:
             code = e.status_code
-            REJECTIONS.labels(name, REASONS.get(code, "inference_error")).inc()
+            if not isinstance(e, ClientGone):  # the worker counts those it did not compute
+                reason = e.reason if isinstance(e, ServiceError) else "inference_error"
+                REJECTIONS.labels(name, reason).inc()
             raise
         finally:
             INFLIGHT.labels(name).dec()
@@ -170,7 +139,7 @@ class KServeSpec(LitSpec):
 
     async def v1_predict(self, request: Request) -> Response:
         async def handle(body: bytes) -> Response:
-            probabilities = await self._run(parse_v1(body, self.signature))
+            probabilities = await self._run(request, parse_v1(body, self.signature))
             return Response(encode_v1(probabilities, self.signature), media_type="application/json")
 
         return await self._serve(request, "v1", None, handle)
@@ -178,7 +147,8 @@ class KServeSpec(LitSpec):
     async def v2_infer(self, request: Request, version: str | None = None) -> Response:
         async def handle(body: bytes) -> Response:
             parsed = parse_v2(body, request.headers.get(BINARY_HEADER), self.signature)
-            content, headers = encode_v2(await self._run(parsed.x), self.signature, parsed)
+            probabilities = await self._run(request, parsed.x)
+            content, headers = encode_v2(probabilities, self.signature, parsed)
             media = "application/octet-stream" if headers else "application/json"
             return Response(content, media_type=media, headers=headers)
 
@@ -188,7 +158,7 @@ class KServeSpec(LitSpec):
 
     async def v1_status(self, request: Request) -> dict:
         check_api_key(request, self.settings.api_key)
-        return {"name": self.model.name, "ready": self.ready()}
+        return {"name": self.model.name, "ready": await self.ready()}
 
     async def v2_metadata(self, request: Request, version: str | None = None) -> dict:
         check_api_key(request, self.settings.api_key)
@@ -206,5 +176,5 @@ class KServeSpec(LitSpec):
     async def v2_ready(self, request: Request, version: str | None = None) -> Response:
         """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""
         self._check_version(version)
-        ready = self.ready()
+        ready = await self.ready()
         return Response(status_code=200 if ready else 503, content=b"" if ready else b"not ready")

@@ -1,0 +1,12 @@
+"""The serving engine: tensorgate's one seam to LitServe's internals (see server.py).
+
+Engine        the HTTP side: submit a request, readiness, drain state (client.py)
+EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)
+WorkerLoop    the inference worker's loop, with the batching policy (worker.py)
+"""
+
+from .client import Engine
+from .server import LITSERVE_VERSION, EngineServer, StartupError
+from .worker import Batcher, WorkerLoop
+
+__all__ = ["LITSERVE_VERSION", "Batcher", "Engine", "EngineServer", "StartupError", "WorkerLoop"]

@@ -1,0 +1,274 @@
+"""The HTTP side's way into the workers: `await engine.submit(model, x)`, `engine.ready(model)`,
+`engine.draining`.
+
+One `Engine` is made in the main process before LitServe forks its HTTP processes; what the
+processes share lives in shared memory (requests in flight per model, for the one queue bound
+of TENSORGATE_MAX_QUEUE across every HTTP process, and the time a drain began). Each HTTP
+process opens its own connection to every worker of every model, on its own event loop:
+
+- a request goes to the model's connected worker with the fewest requests in flight;
+- a worker's death closes its connections, which fails its requests at once (503) and marks
+  the model not ready until the replacement worker listens again (reconnected every 0.2 s);
+- a client that disconnects while its request waits sends a Cancel, so it is not computed;
+- on a drain, new requests answer 503 with `Connection: close`, and requests still waiting at
+  the drain deadline answer 503.
+"""
+
+import asyncio
+import itertools
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from ..errors import ClientGone, Overloaded, ShuttingDown, Timeout, Unavailable, for_status
+from .wire import Cancel, FrameReader, Infer, address, frame
+
+RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
+DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
+Receive = Callable[[], Awaitable[dict]]  # the ASGI receive callable, to notice a disconnect
+
+
+class Link(asyncio.Protocol):
+    """One connection from this HTTP process to one worker."""
+
+    def __init__(self, model: str, worker_id: int) -> None:
+        self.model, self.worker_id = model, worker_id
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.uids = itertools.count()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for answers in self.reader.feed(data):
+            for answer in answers:
+                future = self.pending.pop(answer.uid, None)
+                if future is None or future.done():
+                    continue
+                if answer.failure is None:
+                    future.set_result(answer.output)
+                else:
+                    future.set_exception(for_status(*answer.failure))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        died = Unavailable(
+            f"model '{self.model}': its inference worker {self.worker_id} died while running "
+            "this request; a new worker is starting, retry shortly"
+        )
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(died)
+        self.pending.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def send(self, x: np.ndarray) -> tuple[int, asyncio.Future]:
+        uid = next(self.uids)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[uid] = future
+        self.transport.write(frame(Infer(uid, time.monotonic(), x)))  # buffered, never blocks
+        return uid, future
+
+    def cancel(self, uid: int) -> None:
+        if self.pending.pop(uid, None) is not None and not self.lost.done():
+            self.transport.write(frame(Cancel(uid)))
+
+
+class ModelLinks:
+    """This HTTP process's connections to one model's workers, kept up."""
+
+    def __init__(self, token: str, model: str, workers: int) -> None:
+        self.token, self.model = token, model
+        self.links: list[Link | None] = [None] * workers
+        self.keepers: list[asyncio.Task | None] = [None] * workers
+
+    async def connect(self, worker_id: int) -> bool:
+        # The socket is connected here, not by the loop: uvloop takes no abstract address.
+        # A Unix socket connects at once or fails at once (EAGAIN: backlog full, retried).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(address(self.token, self.model, worker_id))
+        except OSError:  # not listening yet: still loading, or restarting
+            sock.close()
+            return False
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_unix_connection(lambda: Link(self.model, worker_id), sock=sock)
+        self.links[worker_id] = link
+        return True
+
+    def keep(self) -> None:
+        """Start keeping every connection up (once per process)."""
+        for worker_id, keeper in enumerate(self.keepers):
+            if keeper is None:
+                self.keepers[worker_id] = asyncio.ensure_future(self._keep(worker_id))
+
+    async def _keep(self, worker_id: int) -> None:
+        while True:
+            if await self.connect(worker_id):
+                await self.links[worker_id].lost
+                self.links[worker_id] = None
+            await asyncio.sleep(RECONNECT_EVERY)
+
+    def connected(self) -> list[Link]:
+        return [link for link in self.links if link is not None and not link.lost.done()]
+
+    async def ready(self) -> bool:
+        """Every worker is connected; tries the missing ones once, so a fresh process answers
+        its first probe right."""
+        for worker_id, link in enumerate(self.links):
+            if link is None or link.lost.done():
+                await self.connect(worker_id)
+        return len(self.connected()) == len(self.links)
+
+    async def pick(self) -> Link:
+        links = self.connected()
+        if not links and await self.ready():
+            links = self.connected()
+        if not links:
+            raise Unavailable(
+                f"model '{self.model}' has no running inference worker (loading or restarting)"
+            )
+        return min(links, key=lambda link: len(link.pending))
+
+
+class Engine:
+    def __init__(
+        self, models: list[str], max_queue: int, request_timeout: float, drain_timeout: float
+    ) -> None:
+        self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.workers = dict.fromkeys(models, 1)  # inference workers per model (EngineServer sets)
+        self.index = {name: i for i, name in enumerate(models)}
+        self.max_queue = max_queue
+        self.request_timeout = request_timeout
+        self.drain_timeout = drain_timeout
+        ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
+        # [requests in flight per model..., requests answered in total]
+        self.counts = ctx.Array("q", len(models) + 1)
+        self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
+        self._local: dict[str, ModelLinks] | None = None  # this process's, made on first use
+        self._watcher: asyncio.Task | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_local": None, "_watcher": None, "_pid": 0}
+
+    # -- shared across processes ---------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_began.value > 0
+
+    def begin_drain(self) -> None:
+        self.drain_began.value = time.monotonic()
+
+    def in_flight(self, model: str | None = None) -> int:
+        if model is None:
+            return sum(self.counts[: len(self.workers)])
+        return self.counts[self.index[model]]
+
+    def answered(self) -> int:
+        return self.counts[len(self.workers)]
+
+    def _admit(self, model: str) -> None:
+        i = self.index[model]
+        with self.counts.get_lock():
+            if self.counts[i] >= self.max_queue:
+                raise Overloaded(
+                    f"model '{model}' has {self.counts[i]} requests queued or running, its limit "
+                    "(TENSORGATE_MAX_QUEUE, across all HTTP processes); retry shortly"
+                )
+            self.counts[i] += 1
+
+    def _release(self, model: str) -> None:
+        with self.counts.get_lock():
+            self.counts[self.index[model]] -= 1
+            self.counts[len(self.workers)] += 1
+
+    # -- this HTTP process's connections -------------------------------------------------
+
+    def _links(self, model: str) -> ModelLinks:
+        if self._local is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._local = {m: ModelLinks(self.token, m, n) for m, n in self.workers.items()}
+            for links in self._local.values():
+                links.keep()
+            self._watcher = asyncio.ensure_future(self._watch_drain())
+        return self._local[model]
+
+    async def _watch_drain(self) -> None:
+        """Once a drain begins, fail what is still waiting at its deadline with a 503."""
+        while not self.draining:
+            await asyncio.sleep(DRAIN_POLL)
+        left = self.drain_began.value + self.drain_timeout - time.monotonic()
+        await asyncio.sleep(max(0.0, left))
+        late = ShuttingDown(
+            f"the server is shutting down and its drain deadline of {self.drain_timeout:g} s "
+            "(TENSORGATE_DRAIN_TIMEOUT) passed before this request was answered"
+        )
+        for links in self._local.values():
+            for link in links.connected():
+                for future in link.pending.values():
+                    if not future.done():
+                        future.set_exception(late)
+
+    async def ready(self, model: str) -> bool:
+        return not self.draining and await self._links(model).ready()
+
+    async def submit(self, model: str, x: np.ndarray, receive: Receive | None = None) -> np.ndarray:
+        """The model's probabilities for `x` (instances, *input), batched with other requests.
+
+        Raises ShuttingDown, Overloaded, Unavailable, Timeout or ClientGone (all 4xx/5xx
+        ServiceErrors), or the worker's own error for this request.
+        """
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        self._admit(model)
+        try:
+            link = await self._links(model).pick()
+            uid, future = link.send(x)
+            return await self._wait(model, link, uid, future, receive)
+        finally:
+            self._release(model)
+
+    async def _wait(
+        self, model: str, link: Link, uid: int, future: asyncio.Future, receive: Receive | None
+    ) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+
+        def expire() -> None:
+            if not future.done():
+                link.cancel(uid)
+                future.set_exception(
+                    Timeout(
+                        f"model '{model}' did not answer within {self.request_timeout:g} s "
+                        "(TENSORGATE_REQUEST_TIMEOUT)"
+                    )
+                )
+
+        def disconnected(watch: asyncio.Future) -> None:
+            if watch.cancelled() or future.done() or watch.exception() is not None:
+                return
+            if watch.result().get("type") == "http.disconnect":
+                link.cancel(uid)
+                future.set_exception(ClientGone("the client disconnected"))
+
+        timer = loop.call_later(self.request_timeout, expire)
+        watch = asyncio.ensure_future(receive()) if receive is not None else None
+        if watch is not None:
+            watch.add_done_callback(disconnected)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
+            link.pending.pop(uid, None)

@@ -1,0 +1,75 @@
+"""What crosses the socket between an HTTP process and an inference worker, and how it is framed.
+
+Each (HTTP process, worker) pair has its own Unix stream socket, so every byte stream has
+one writer and one reader: no locks, no feeder threads, and a worker's death is seen by the
+HTTP process as the end of that stream, failing exactly the requests that were sent on it.
+A frame is a 4-byte big-endian length and a pickle (protocol 5) of one message.
+"""
+
+import pickle
+from typing import NamedTuple
+
+import numpy as np
+
+HEADER = 4  # bytes of frame length
+MAX_FRAME = 1 << 31  # a length beyond this is a corrupt stream, not a message
+
+
+class Infer(NamedTuple):
+    """HTTP process -> worker: one validated request (a batch of instances)."""
+
+    uid: int  # unique on its connection
+    enqueued_at: float  # time.monotonic() in the HTTP process (one clock per machine)
+    x: np.ndarray  # (instances, *input shape) float32
+
+
+class Cancel(NamedTuple):
+    """HTTP process -> worker: the client of `uid` has gone; do not compute it."""
+
+    uid: int
+
+
+class Failure(NamedTuple):
+    status: int  # the HTTP status the request answers with
+    message: str
+
+
+class Answer(NamedTuple):
+    """Worker -> HTTP process: the outcome of one request; a batch's answers go as a list."""
+
+    uid: int
+    output: np.ndarray | None  # (instances, classes) probabilities, or None on failure
+    failure: Failure | None = None
+
+
+def frame(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=5)
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+class FrameReader:
+    """Reassembles messages from the chunks a stream delivers, in order."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[object]:
+        self.buffer += chunk
+        messages, start = [], 0
+        while len(self.buffer) - start >= HEADER:
+            size = int.from_bytes(self.buffer[start : start + HEADER], "big")
+            if size >= MAX_FRAME:
+                raise ValueError(f"corrupt stream: frame of {size} bytes")
+            end = start + HEADER + size
+            if len(self.buffer) < end:
+                break
+            messages.append(pickle.loads(self.buffer[start + HEADER : end]))
+            start = end
+        del self.buffer[:start]
+        return messages
+
+
+def address(token: str, model: str, worker_id: int) -> str:
+    """The worker's listening socket: Linux's abstract namespace, so no file is left behind
+    and a restarted worker binds the same name the moment its predecessor is gone."""
+    return f"\0tensorgate-{token}-{model}-{worker_id}"

@@ -1,0 +1,218 @@
+"""The inference worker's side: a listening socket per worker, the batching loop, the answers.
+
+LitServe starts the worker process, runs the LitAPI's `setup` and then calls the loop; from
+there the loop serves every HTTP process that connects to the worker's socket. It reads all
+requests that have arrived, lets the batching policy (batching.py) decide whether to wait for
+more, runs one batch of at most max_batch_size instances (a larger request runs alone, split
+into max-size device calls by the LitAPI's `predict`), and answers each HTTP process with one
+message per batch. A failing batch fails only its own requests; a request older than the
+request timeout answers 504 uncomputed; a request whose client has gone (Cancel) is skipped.
+"""
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from litserve.loops.base import LitLoop
+
+from ..metrics import QUEUE_DURATION, REJECTIONS
+from .batching import BatchingPolicy
+from .wire import Answer, Cancel, Failure, FrameReader, Infer, address, frame
+
+logger = logging.getLogger(__name__)
+READ_CHUNK = 1 << 20
+
+
+class Batcher(Protocol):
+    """What the loop needs of a LitAPI: its limits and LitServe's batch -> predict -> unbatch."""
+
+    name: str
+    max_batch_size: int
+    batch_timeout: float
+    request_timeout: float | None
+    warmup_costs: list[tuple[int, float]]  # (instances, seconds) of the warm-up batches
+
+    def batch(self, inputs: list[np.ndarray]) -> np.ndarray: ...
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+    def unbatch(self, output: np.ndarray, sizes: list[int]) -> list[np.ndarray]: ...
+
+
+@dataclass(eq=False)
+class Peer:
+    """One HTTP process's connection."""
+
+    sock: socket.socket
+    reader: FrameReader = field(default_factory=FrameReader)
+    cancelled: set[int] = field(default_factory=set)
+    closed: bool = False
+
+
+class Queued:
+    __slots__ = ("peer", "request")
+
+    def __init__(self, peer: Peer, request: Infer) -> None:
+        self.peer, self.request = peer, request
+
+
+class WorkerLoop(LitLoop):
+    """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
+
+    def __init__(self, token: str, model: str, log_level: str) -> None:
+        super().__init__()
+        self.token, self.model, self.log_level = token, model, log_level
+
+    def __call__(self, lit_api: Batcher, device: str, worker_id: int, *args, **kwargs) -> None:
+        # Ctrl-C reaches the whole process group; the main process stops the workers itself,
+        # once the HTTP processes have answered everything they accepted.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        logging.basicConfig(  # a spawned process does not inherit the main one's logging
+            level=self.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", force=True
+        )
+        worker = Worker(lit_api, address(self.token, self.model, worker_id))
+        logger.info("model %s worker %d serving (pid %d)", self.model, worker_id, os.getpid())
+        worker.serve()
+
+
+class Worker:
+    def __init__(self, api: Batcher, addr: str) -> None:
+        self.api = api
+        self.policy = BatchingPolicy(api.max_batch_size, api.batch_timeout)
+        for instances, seconds in api.warmup_costs:
+            self.policy.cost.add(instances, seconds)
+        self.queue: deque[Queued] = deque()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(addr)
+        self.listener.listen(128)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.queue_seconds = QUEUE_DURATION.labels(api.name)
+        self.cancelled = REJECTIONS.labels(api.name, "cancelled")
+
+    def serve(self) -> None:
+        while True:
+            batch = self.next_batch()
+            if batch:
+                self.run(batch)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def poll(self, timeout: float | None) -> None:
+        """Accept and read whatever is ready within `timeout` (None: until something is)."""
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                sock, _ = self.listener.accept()
+                self.selector.register(sock, selectors.EVENT_READ, Peer(sock))
+            else:
+                self.read(key.data)
+
+    def read(self, peer: Peer) -> None:
+        try:
+            chunk = peer.sock.recv(READ_CHUNK)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.drop(peer)
+            return
+        for message in peer.reader.feed(chunk):
+            if isinstance(message, Cancel):
+                peer.cancelled.add(message.uid)
+            else:
+                self.queue.append(Queued(peer, message))
+                self.policy.arrivals.add(message.enqueued_at, len(message.x))
+
+    def drop(self, peer: Peer) -> None:
+        """Its HTTP process has gone: none of its requests can be answered, so none is run."""
+        self.selector.unregister(peer.sock)
+        peer.sock.close()
+        peer.closed = True
+        self.queue = deque(q for q in self.queue if q.peer is not peer)
+
+    # -- batching ------------------------------------------------------------------------
+
+    def queued_instances(self) -> int:
+        total, limit = 0, self.api.max_batch_size
+        for q in self.queue:
+            total += len(q.request.x)
+            if total >= limit:
+                break
+        return total
+
+    def next_batch(self) -> list[Queued]:
+        while not self.queue:
+            self.poll(None)
+        self.poll(0)  # everything that has already arrived
+        queued = self.queued_instances()
+        deadline = time.monotonic() + self.policy.wait(queued, time.monotonic())
+        while queued < self.api.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            self.poll(left)
+            queued = self.queued_instances()
+        return self.take()
+
+    def take(self) -> list[Queued]:
+        """Requests in arrival order up to max_batch_size instances (at least one request)."""
+        batch, count = [], 0
+        while self.queue:
+            q = self.queue[0]
+            size = len(q.request.x)
+            if batch and count + size > self.api.max_batch_size:
+                break
+            self.queue.popleft()
+            if q.request.uid in q.peer.cancelled:
+                q.peer.cancelled.discard(q.request.uid)
+                self.cancelled.inc()
+                continue
+            batch.append(q)
+            count += size
+        return batch
+
+    # -- running and answering -----------------------------------------------------------
+
+    def run(self, batch: list[Queued]) -> None:
+        started = time.monotonic()
+        timeout = self.api.request_timeout
+        live, answers = [], []
+        for q in batch:
+            if timeout and started - q.request.enqueued_at > timeout:
+                failure = Failure(504, "request timed out in the queue")
+                answers.append((q, Answer(q.request.uid, None, failure)))
+            else:
+                live.append(q)
+                self.queue_seconds.observe(started - q.request.enqueued_at)
+        if live:
+            answers += self.infer(live)
+        self.answer(answers)
+        self.policy.cost.add(sum(len(q.request.x) for q in live), time.monotonic() - started)
+
+    def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
+        api = self.api
+        try:
+            inputs = [q.request.x for q in live]
+            outputs = api.unbatch(api.predict(api.batch(inputs)), [len(x) for x in inputs])
+            return [(q, Answer(q.request.uid, out)) for q, out in zip(live, outputs, strict=True)]
+        except Exception as e:  # a failing batch fails only its own requests
+            logger.exception("inference failed for a batch of %d requests", len(live))
+            failure = Failure(
+                getattr(e, "status_code", 500), getattr(e, "detail", f"inference failed: {e}")
+            )
+            return [(q, Answer(q.request.uid, None, failure)) for q in live]
+
+    def answer(self, answers: list[tuple[Queued, Answer]]) -> None:
+        """One message per HTTP process for the whole batch."""
+        by_peer: dict[Peer, list[Answer]] = {}
+        for q, a in answers:
+            q.peer.cancelled.discard(a.uid)
+            by_peer.setdefault(q.peer, []).append(a)
+        for peer, messages in by_peer.items():
+            if peer.closed:
+                continue
+            try:
+                peer.sock.sendall(frame(messages))
+            except OSError:
+                self.drop(peer)

@@ -1,0 +1,242 @@
+"""The engine's parts without a server: the wire format, the batching policy, the worker's loop
+on a real socket, the LitServe version check, and that no other module reaches into LitServe."""
+
+import re
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
+from service.engine.server import LITSERVE_VERSION, check_litserve_version
+from service.engine.wire import Answer, Cancel, Failure, FrameReader, Infer, frame
+from service.engine.worker import Worker
+
+# -- wire ----------------------------------------------------------------------------------
+
+
+def test_frames_split_anywhere_are_reassembled_in_order():
+    messages = [Infer(i, 1.5, np.full((i + 1, 3), i, np.float32)) for i in range(5)] + [Cancel(9)]
+    stream = b"".join(frame(m) for m in messages)
+    reader, got = FrameReader(), []
+    for start in range(0, len(stream), 7):  # 7-byte chunks cut through headers and bodies
+        got += reader.feed(stream[start : start + 7])
+    assert [type(m) for m in got] == [Infer] * 5 + [Cancel]
+    for sent, received in zip(messages[:5], got[:5], strict=True):
+        assert received.uid == sent.uid
+        np.testing.assert_array_equal(received.x, sent.x)
+    assert reader.buffer == bytearray()
+
+
+def test_a_corrupt_length_is_an_error_not_a_huge_allocation():
+    with pytest.raises(ValueError, match="corrupt stream"):
+        FrameReader().feed(b"\xff\xff\xff\xff" + b"x" * 10)
+
+
+# -- batching policy -----------------------------------------------------------------------
+
+
+def test_the_cost_fit_recovers_fixed_and_per_instance_cost():
+    cost = BatchCost()
+    for n in (1, 64, 8, 32, 1, 16):
+        cost.add(n, 0.002 + 0.0001 * n)
+    assert cost.fixed == pytest.approx(0.002, rel=1e-6)
+    assert cost.per_instance == pytest.approx(0.0001, rel=1e-6)
+
+
+def test_one_batch_size_alone_gives_no_slope():
+    cost = BatchCost()
+    for _ in range(5):
+        cost.add(4, 0.001)
+    assert cost.per_instance == 0 and cost.fixed == pytest.approx(0.001)
+
+
+def test_the_arrival_rate_counts_instances_per_second_and_goes_stale():
+    rate = ArrivalRate(stale=1.0)
+    for i in range(11):
+        rate.add(10.0 + i * 0.001, 2)  # 2 instances every millisecond
+    assert rate.rate(10.011) == pytest.approx(2000)
+    assert rate.rate(12.0) == 0  # nothing for a second
+
+
+def policy(fixed: float, per_instance: float, gap: float, timeout: float = 0.005):
+    p = BatchingPolicy(max_batch_size=64, batch_timeout=timeout)
+    p.cost.add(1, fixed + per_instance)
+    p.cost.add(64, fixed + 64 * per_instance)
+    for i in range(32):
+        p.arrivals.add(100 + i * gap, 1)
+    return p, 100 + 31 * gap
+
+
+def test_a_cheap_model_never_waits_even_under_load():
+    # mlp on a CPU: ~0.1 ms fixed, ~1 us per instance, requests 0.3 ms apart at 64 connections
+    p, now = policy(fixed=1e-4, per_instance=1e-6, gap=3e-4)
+    assert p.wait(1, now) == 0 and p.wait(8, now) == 0
+
+
+def test_a_large_fixed_cost_with_fast_arrivals_waits_but_never_past_the_timeout():
+    # a GPU-like batch: 2 ms to launch, 10 us per instance, a request every 50 us
+    p, now = policy(fixed=2e-3, per_instance=1e-5, gap=5e-5)
+    waited = p.wait(4, now)
+    assert 0 < waited <= 0.005
+    expected = (2e-3 - 4 * (5e-5 + 1e-5)) / (2 * (1 + 1e-5 / 5e-5))
+    assert waited == pytest.approx(expected, rel=1e-3)
+    assert p.wait(4, now) > p.wait(16, now)  # the more is queued, the less waiting pays
+    assert p.wait(64, now) == 0  # full
+    slow_arrivals, later = policy(fixed=2e-3, per_instance=1e-5, gap=5e-3)
+    assert slow_arrivals.wait(1, later) == 0  # nothing would come in time
+    capped, now = policy(fixed=1.0, per_instance=0, gap=5e-5, timeout=0.003)
+    assert capped.wait(1, now) == 0.003
+
+
+def test_batch_timeout_zero_turns_waiting_off():
+    p, now = policy(fixed=2e-3, per_instance=1e-5, gap=5e-5, timeout=0)
+    assert p.wait(1, now) == 0
+
+
+# -- the worker's loop on a real socket ------------------------------------------------------
+
+
+class Doubler:
+    """A real Batcher: its "model" doubles the input; a row of -1s makes the batch fail."""
+
+    name = "doubler"
+    max_batch_size = 8
+    batch_timeout = 0.0
+    request_timeout = 5.0
+    warmup_costs: tuple = ()
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []  # instances per batch run
+
+    def batch(self, inputs):
+        return np.concatenate(inputs)
+
+    def predict(self, x):
+        if (x == -1).all(axis=1).any():
+            raise RuntimeError("a poisoned row")
+        self.batches.append(len(x))
+        return x * 2
+
+    def unbatch(self, output, sizes):
+        return np.split(output, np.cumsum(sizes)[:-1])
+
+
+class Peer:
+    def __init__(self, addr: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(addr)
+        self.sock.settimeout(10)
+        self.reader = FrameReader()
+
+    def send(self, *messages) -> None:
+        self.sock.sendall(b"".join(frame(m) for m in messages))
+
+    def answers(self, n: int) -> dict[int, Answer]:
+        got: dict[int, Answer] = {}
+        while len(got) < n:
+            for batch in self.reader.feed(self.sock.recv(1 << 20)):
+                got.update((a.uid, a) for a in batch)
+        return got
+
+
+@pytest.fixture
+def worker():
+    addr = f"\0tensorgate-test-{uuid.uuid4().hex}"
+    api = Doubler()
+    w = Worker(api, addr)
+    started = threading.Event()
+
+    def serve():
+        started.wait()
+        w.serve()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield addr, api, started
+
+
+def x(rows: int, value: float = 1.0) -> np.ndarray:
+    return np.full((rows, 3), value, np.float32)
+
+
+def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
+    addr, api, started = worker
+    peer = Peer(addr)
+    now = time.monotonic()
+    peer.send(*(Infer(i, now, x(2, i)) for i in range(6)))  # 12 instances, max batch 8
+    time.sleep(0.2)  # all of it has arrived before the worker looks
+    started.set()
+    answers = peer.answers(6)
+    assert api.batches == [8, 4]  # four requests fill the first batch; the rest run next
+    for i in range(6):
+        np.testing.assert_array_equal(answers[i].output, x(2, 2 * i))
+
+
+def test_a_cancelled_request_is_not_computed_and_a_late_one_answers_504(worker):
+    addr, api, started = worker
+    peer = Peer(addr)
+    now = time.monotonic()
+    peer.send(Infer(0, now, x(1)), Infer(1, now, x(1)), Cancel(0), Infer(2, now - 60, x(1)))
+    time.sleep(0.2)
+    started.set()
+    answers = peer.answers(2)
+    assert set(answers) == {1, 2}
+    assert answers[2].failure == Failure(504, "request timed out in the queue")
+    assert api.batches == [1]  # request 1 alone: 0 was cancelled, 2 too old
+
+
+def test_a_failing_batch_fails_only_its_own_requests(worker):
+    addr, _, started = worker
+    peer = Peer(addr)
+    now = time.monotonic()
+    peer.send(Infer(0, now, x(4, -1)), Infer(1, now, x(4)), Infer(2, now, x(3)))
+    time.sleep(0.2)
+    started.set()
+    answers = peer.answers(3)
+    assert answers[0].failure.status == 500 and "a poisoned row" in answers[0].failure.message
+    assert answers[1].failure == answers[0].failure  # same batch of 8
+    np.testing.assert_array_equal(answers[2].output, x(3, 2))
+
+
+def test_each_http_process_gets_its_own_answers(worker):
+    addr, _, started = worker
+    a, b = Peer(addr), Peer(addr)
+    started.set()
+    a.send(Infer(0, time.monotonic(), x(1, 3)))
+    b.send(Infer(0, time.monotonic(), x(1, 5)))
+    np.testing.assert_array_equal(a.answers(1)[0].output, x(1, 6))
+    np.testing.assert_array_equal(b.answers(1)[0].output, x(1, 10))
+
+
+# -- the one seam ----------------------------------------------------------------------------
+
+
+def test_another_litserve_version_is_refused_with_the_fix():
+    check_litserve_version(LITSERVE_VERSION)
+    with pytest.raises(ImportError, match=r"pip install litserve==0\.2\.19"):
+        check_litserve_version("0.3.0")
+
+
+LITSERVE_INTERNALS = re.compile(
+    r"litserve\.(loops|transport|utils)|_init_manager|_start_server|_perform_graceful_shutdown"
+    r"|_start_worker_monitoring|_inference_workers_config|workers_setup_status|response_buffer"
+    r"|_transport\b|_SENTINEL"
+)
+
+
+def test_only_the_engine_reaches_into_litserve():
+    root = Path(__file__).resolve().parents[1]
+    engine = root / "service" / "engine"
+    offenders = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for folder in ("service", "export", "training", "load_tests")
+        for path in (root / folder).rglob("*.py")
+        if engine not in path.parents
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if LITSERVE_INTERNALS.search(line)
+    ]
+    assert offenders == []

@@ -1,0 +1,286 @@
+"""The service as an operator meets it: SIGTERM drains, a killed worker hurts only its own
+requests, a model that cannot load stops start-up, and one queue bound across HTTP processes.
+Real servers on loopback, real signals, bounded loops."""
+
+import concurrent.futures as cf
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from test_service import direct, rows
+
+from load_tests.payloads import request_body
+from load_tests.servers import START_TIMEOUT, free_port, running_service
+
+DRAIN_TIMEOUT = 10
+MLP_BODY = json.dumps({"instances": rows("mlp", 2).tolist()}).encode()
+
+
+class Clients:
+    """`n` threads posting `body` to `path` back to back on keep-alive connections, as clients
+    that honour Retry-After do. Each outcome is counted: a status code, "refused" (the
+    connection was never made, so nothing was sent) or "cut" (sent, but no whole answer)."""
+
+    def __init__(self, port: int, path: str, body: bytes, headers: dict, n: int) -> None:
+        self.port, self.path, self.body, self.headers = port, path, body, headers
+        self.outcomes: Counter = Counter()
+        self.latencies: list[tuple[float, float, object]] = []  # (sent, answered, outcome)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def count(self, outcome: object, sent: float) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+            self.latencies.append((sent, time.monotonic(), outcome))
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                try:
+                    conn.connect()
+                except ConnectionRefusedError:
+                    self.count("refused", time.monotonic())
+                    conn = None
+                    time.sleep(0.05)
+                    continue
+            sent = time.monotonic()
+            try:
+                conn.request("POST", self.path, self.body, self.headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                self.count("cut", sent)
+                conn.close()
+                conn = None
+                continue
+            self.count(response.status, sent)
+            if response.will_close:  # Connection: close
+                conn.close()
+                conn = None
+            if response.status == 503:
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+
+    def join(self) -> Counter:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        return self.outcomes
+
+
+def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.Popen, int]:
+    """Start the service and wait until it is ready; the caller stops it."""
+    port = free_port()
+    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready(port):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return process, port
+
+
+def ready(port: int, path: str = "/v2/health/ready") -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_sigterm_under_load_answers_every_request_sent_and_exits_0(exported, tmp_path):
+    for attempt in range(5):
+        log = tmp_path / f"service-{attempt}.log"
+        process, port = serve(exported, log, models="mlp", drain_timeout=DRAIN_TIMEOUT)
+        try:
+            clients = Clients(port, "/v1/models/mlp:predict", MLP_BODY, {}, 32)
+            time.sleep(1.0)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=DRAIN_TIMEOUT + 15)
+            took = time.monotonic() - signalled
+            outcomes = clients.join()
+        finally:
+            stop(process)
+        text = log.read_text()
+        assert code == 0, text
+        assert took < DRAIN_TIMEOUT, (took, text)
+        assert outcomes["cut"] == 0, (attempt, outcomes)
+        assert set(outcomes) <= {200, 503, "refused"}, outcomes
+        assert outcomes[200] > 100, outcomes
+        assert re.search(r"drained: answered \d+ requests in [\d.]+ s", text), text
+
+
+def test_requests_running_at_sigterm_are_answered_and_late_ones_get_503_and_close(
+    exported, tmp_path
+):
+    big = 16384  # resnet instances per request: a quarter of a second of compute or more
+    settings = {"max_instances": big, "max_body_bytes": 8 << 20, "drain_timeout": DRAIN_TIMEOUT}
+    process, port = serve(exported, tmp_path / "service.log", models="resnet", **settings)
+    try:
+        x = rows("resnet", big)
+        body, headers = request_body("v2-binary", x, "slow")
+        expected = direct(exported, "resnet", x)
+        keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        keep_alive.request("GET", "/v2/health/live")
+        assert keep_alive.getresponse().read() == b'{"live":true}'
+
+        def slow() -> np.ndarray:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/v2/models/resnet/infer", body, headers)
+            response = conn.getresponse()
+            content = response.read()
+            assert response.status == 200, content[:200]
+            length = int(response.headers["Inference-Header-Content-Length"])
+            return np.frombuffer(content[length:], "<f4").reshape(big, 10)
+
+        with cf.ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(slow) for _ in range(4)]
+            time.sleep(0.5)  # all four are in: one computing, three queued behind it
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)  # the drain has begun; this keep-alive connection is still open
+            keep_alive.request("POST", "/v2/models/resnet/infer", body, headers)
+            late = keep_alive.getresponse()
+            assert late.status == 503, late.read()[:200]
+            assert late.headers["Connection"] == "close" and late.headers["Retry-After"] == "1"
+            assert "shutting down" in json.loads(late.read())["error"]
+            for future in running:
+                np.testing.assert_allclose(future.result(), expected, atol=1e-5, rtol=0)
+        assert process.wait(timeout=DRAIN_TIMEOUT + 15) == 0
+    finally:
+        stop(process)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    total = 0.0
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_killed_worker_fails_only_its_requests_and_comes_back(exported, tmp_path):
+    log = tmp_path / "service.log"
+    process, port = serve(exported, log, models="mlp,resnet")
+    try:
+        found = re.search(r"model resnet worker 0 serving \(pid (\d+)\)", log.read_text())
+        assert found, log.read_text()
+        resnet_body = json.dumps({"instances": rows("resnet", 8).tolist()}).encode()
+        mlp = Clients(port, "/v1/models/mlp:predict", MLP_BODY, {}, 4)
+        resnet = Clients(port, "/v1/models/resnet:predict", resnet_body, {}, 4)
+        time.sleep(1.0)
+        killed = time.monotonic()
+        os.kill(int(found.group(1)), signal.SIGKILL)
+        while ready(port, "/v2/models/resnet/ready"):  # the kill takes effect
+            assert time.monotonic() - killed < 2, "resnet still ready after its worker died"
+            time.sleep(0.01)
+        assert not ready(port) and ready(port, "/v2/models/mlp/ready")  # strict, as Triton
+        while not ready(port, "/v2/models/resnet/ready"):
+            assert time.monotonic() - killed < 15, log.read_text()
+            time.sleep(0.05)
+        back = time.monotonic() - killed
+        time.sleep(1.0)
+        mlp_outcomes, resnet_outcomes = mlp.join(), resnet.join()
+        assert process.poll() is None, log.read_text()
+        assert set(mlp_outcomes) == {200}, mlp_outcomes  # the other model never noticed
+        assert set(resnet_outcomes) <= {200, 503} and resnet_outcomes[503] >= 1, resnet_outcomes
+        slowest = max(answered - sent for sent, answered, _ in resnet.latencies)
+        assert slowest < 2.0, slowest  # the dead worker's requests answered at once
+        last = [outcome for sent, _, outcome in resnet.latencies if sent > killed + back]
+        assert last and set(last) == {200}, last  # serving again
+        assert metric(port, "tensorgate_worker_restarts_total", model="resnet") == 1
+        assert metric(port, "tensorgate_worker_restarts_total", model="mlp") == 0
+        assert "worker 0 (pid" in log.read_text() and "died with exit code -9" in log.read_text()
+    finally:
+        stop(process)
+
+
+def test_a_model_that_cannot_load_stops_the_server_naming_it(exported, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(exported / "mlp", repository / "mlp")
+    version = repository / "mlp" / "1"
+    broken = b"not an ONNX graph"  # a file that passes its checksum but no runtime loads
+    (version / "model.onnx").write_bytes(broken)
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["files"]["onnx"].update(sha256=hashlib.sha256(broken).hexdigest(), bytes=len(broken))
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository)}
+    env.update(TENSORGATE_PORT=str(free_port()))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 30
+    assert "model 'mlp' could not be loaded" in result.stderr, result.stderr
+
+
+def test_the_queue_bound_holds_across_http_processes(exported, tmp_path):
+    bound, big = 3, 32768  # each request about half a second of resnet compute
+    settings = {
+        "api_servers": 2,
+        "max_queue": bound,
+        "max_instances": big,
+        "max_body_bytes": 16 << 20,
+    }
+    with running_service(exported, tmp_path, models="resnet", **settings) as service:
+        body, headers = request_body("v2-binary", rows("resnet", big), "big")
+        peak, done = [0.0], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], service.metric("tensorgate_queued_requests", model="resnet"))
+                time.sleep(0.01)
+
+        def post(_: int):
+            return service.post("/v2/models/resnet/infer", data=body, headers=headers)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        with cf.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+        done.set()
+        watcher.join()
+        codes = Counter(r.status_code for r in answers)
+        assert set(codes) == {200, 503}, codes
+        assert codes[503] >= 12 - 2 * bound, codes
+        assert 1 <= peak[0] <= bound, peak
+        assert service.metric("tensorgate_queue_limit", model="resnet") == bound
+        refused = next(r for r in answers if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "1"
+        assert "across all HTTP processes" in refused.json()["error"]

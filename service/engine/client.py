@@ -90,7 +90,14 @@ class ModelLinks:
         self.links: list[Link | None] = [None] * workers
         self.keepers: list[asyncio.Task | None] = [None] * workers
 
+    def alive(self, worker_id: int) -> bool:
+        link = self.links[worker_id]
+        return link is not None and not link.lost.done()
+
     async def connect(self, worker_id: int) -> bool:
+        """Connect to the worker unless connected; False while it is not listening."""
+        if self.alive(worker_id):
+            return True
         # The socket is connected here, not by the loop: uvloop takes no abstract address.
         # A Unix socket connects at once or fails at once (EAGAIN: backlog full, retried).
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,8 +108,13 @@ class ModelLinks:
             sock.close()
             return False
         loop = asyncio.get_running_loop()
-        _, link = await loop.create_unix_connection(lambda: Link(self.model, worker_id), sock=sock)
-        self.links[worker_id] = link
+        transport, link = await loop.create_unix_connection(
+            lambda: Link(self.model, worker_id), sock=sock
+        )
+        if self.alive(worker_id):  # another task connected meanwhile: keep one connection
+            transport.close()
+        else:
+            self.links[worker_id] = link
         return True
 
     def keep(self) -> None:
@@ -115,7 +127,6 @@ class ModelLinks:
         while True:
             if await self.connect(worker_id):
                 await self.links[worker_id].lost
-                self.links[worker_id] = None
             await asyncio.sleep(RECONNECT_EVERY)
 
     def connected(self) -> list[Link]:
@@ -124,9 +135,8 @@ class ModelLinks:
     async def ready(self) -> bool:
         """Every worker is connected; tries the missing ones once, so a fresh process answers
         its first probe right."""
-        for worker_id, link in enumerate(self.links):
-            if link is None or link.lost.done():
-                await self.connect(worker_id)
+        for worker_id in range(len(self.links)):
+            await self.connect(worker_id)
         return len(self.connected()) == len(self.links)
 
     async def pick(self) -> Link:

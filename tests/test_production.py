@@ -284,3 +284,29 @@ def test_the_queue_bound_holds_across_http_processes(exported, tmp_path):
         refused = next(r for r in answers if r.status_code == 503)
         assert refused.headers["Retry-After"] == "1"
         assert "across all HTTP processes" in refused.json()["error"]
+
+
+def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
+    big = 16384
+    settings = {"max_instances": big, "max_body_bytes": 8 << 20}
+    with running_service(exported, tmp_path, models="resnet", **settings) as service:
+        body, headers = request_body("v2-binary", rows("resnet", big), "slow")
+        port = int(service.url.rsplit(":", 1)[1])
+        computed = service.metric("tensorgate_instances_total", model="resnet")
+
+        def post():
+            return service.post("/v2/models/resnet/infer", data=body, headers=headers)
+
+        with cf.ThreadPoolExecutor(3) as pool:
+            ahead = [pool.submit(post) for _ in range(3)]  # the worker is busy for a while
+            time.sleep(0.3)
+            leaver = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            leaver.request("POST", "/v2/models/resnet/infer", body, headers)
+            time.sleep(0.2)  # its request is queued behind the three
+            leaver.sock.close()  # the client goes away
+            assert all(f.result().status_code == 200 for f in ahead)
+        deadline = time.monotonic() + 10
+        while service.metric("tensorgate_rejections_total", reason="cancelled") < 1:
+            assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+            time.sleep(0.1)
+        assert service.metric("tensorgate_instances_total", model="resnet") - computed == 3 * big

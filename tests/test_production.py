@@ -310,3 +310,62 @@ def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
             assert time.monotonic() < deadline, "the abandoned request was not cancelled"
             time.sleep(0.1)
         assert service.metric("tensorgate_instances_total", model="resnet") - computed == 3 * big
+
+
+def test_past_the_drain_deadline_what_is_left_answers_503(exported, tmp_path):
+    big = 16384
+    settings = {"max_instances": big, "max_body_bytes": 8 << 20, "drain_timeout": 1}
+    process, port = serve(exported, tmp_path / "service.log", models="resnet", **settings)
+    try:
+        body, headers = request_body("v2-binary", rows("resnet", big), "slow")
+
+        def slow() -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("POST", "/v2/models/resnet/infer", body, headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            running = [pool.submit(slow) for _ in range(12)]  # seconds of queued compute
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            answers = [future.result() for future in running]
+        assert process.wait(timeout=20) == 0
+    finally:
+        stop(process)
+    codes = Counter(status for status, _ in answers)
+    assert set(codes) == {200, 503}, codes
+    late = next(content for status, content in answers if status == 503)
+    assert "drain deadline of 1 s" in json.loads(late)["error"]
+
+
+def test_two_workers_share_a_model_and_one_dying_leaves_the_other_serving(exported, tmp_path):
+    log = tmp_path / "service.log"
+    process, port = serve(exported, log, models="resnet", workers_per_device=2)
+    try:
+        pids = dict(re.findall(r"model resnet worker (\d) serving \(pid (\d+)\)", log.read_text()))
+        assert set(pids) == {"0", "1"}, log.read_text()
+        x = rows("resnet", 8)
+        expected = direct(exported, "resnet", x)
+        body = json.dumps({"instances": x.tolist()}).encode()
+        clients = Clients(port, "/v1/models/resnet:predict", body, {}, 8)
+        time.sleep(1.0)
+        os.kill(int(pids["0"]), signal.SIGKILL)
+        killed = time.monotonic()
+        while ready(port, "/v2/models/resnet/ready"):
+            assert time.monotonic() - killed < 2
+            time.sleep(0.01)
+        while not ready(port, "/v2/models/resnet/ready"):
+            assert time.monotonic() - killed < 15, log.read_text()
+            time.sleep(0.05)
+        outcomes = clients.join()
+        during = [o for sent, _, o in clients.latencies if killed + 0.5 < sent < killed + 2]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/models/resnet:predict", body)
+        got = json.loads(conn.getresponse().read())["predictions"]
+    finally:
+        stop(process)
+    assert set(outcomes) <= {200, 503} and outcomes[200] > 0, outcomes
+    assert during and set(during) == {200}, during  # worker 1 served while 0 restarted
+    probabilities = np.array([p["probabilities"] for p in got], np.float32)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)

@@ -35,6 +35,7 @@ import numpy as np
 from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, versions
 from export.pipeline import export_model
 from service.backends import load_backend
+from service.settings import MAX_DEFAULT_API_SERVERS
 from training import registry, train_and_save
 from training.checkpoint import CHECKPOINT_NAME
 
@@ -48,14 +49,19 @@ SERVERS = (
     "litserve",
     "torchserve",
     "tensorgate-ort",
+    "tensorgate-ort-bt0",
     "tensorgate-ts",
 )
 # pip install torchserve torch-model-archiver (not a project dependency)
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
-CONCURRENCY = (1, 16, 64)
-# tensorgate runs two HTTP processes (TENSORGATE_API_SERVERS), one per core, as TorchServe's
-# frontend runs a thread per core: mlp V1 at c=64 went from 2,727 to 3,441 requests/s.
-API_SERVERS = min(2, os.cpu_count() or 1)
+CONCURRENCY = (1, 2, 4, 8, 16, 64)
+# tensorgate runs with its defaults, as `make serve` does, with only the backend chosen;
+# tensorgate-ort-bt0 is the same with TENSORGATE_BATCH_TIMEOUT=0 (never wait for a batch).
+TENSORGATE = {
+    "tensorgate-ort": {"backend": "onnxruntime"},
+    "tensorgate-ort-bt0": {"backend": "onnxruntime", "batch_timeout": 0},
+    "tensorgate-ts": {"backend": "torchscript"},
+}
 CEILING_BATCHES = (1, 16, 64)
 
 
@@ -158,14 +164,8 @@ def prepare_benchmark_models(args) -> None:
 def server(name: str, models: list[str], runs: Path, repository: Path, logs: Path) -> Iterator[str]:
     """Start one server for `models`; yield its base URL."""
     if name.startswith("tensorgate"):
-        backend = "onnxruntime" if name == "tensorgate-ort" else "torchscript"
         with running_service(
-            repository,
-            logs,
-            backend=backend,
-            log_level="warning",
-            models=",".join(models),
-            api_servers=API_SERVERS,
+            repository, logs, models=",".join(models), **TENSORGATE[name]
         ) as service:
             yield service.url
         return
@@ -310,6 +310,34 @@ def measure_idle_penalty(args) -> dict:
     return p50
 
 
+def measure_footprint(args) -> float:
+    """PSS (MB) of the whole process group serving the three models with the defaults, idle
+    after warm-up: what the service costs a host, shared pages counted once."""
+    with running_service(args.repository, args.logs) as service:
+        time.sleep(2)  # past start-up's transient allocations
+        total_kb = 0
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and _group(proc) == service.process.pid:
+                total_kb += _pss_kb(proc)
+    print(f"footprint: {total_kb / 1024:.0f} MB PSS, idle, three models", flush=True)
+    return total_kb / 1024
+
+
+def _group(proc: Path) -> int | None:
+    try:  # the process group is field 5 of stat, after the parenthesised command name
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pss_kb(proc: Path) -> int:
+    try:
+        rollup = (proc / "smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE).group(1))
+
+
 def measure_ceiling(args) -> list[dict]:
     """Each backend's batched samples/s in this process, 1 thread, no HTTP."""
     rows = []
@@ -378,19 +406,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from .bench_report import write_report  # matplotlib only when there is something to plot
 
-    rounds, ceilings, idles = [], [], []
+    rounds, ceilings, idles, footprints = [], [], [], []
     for n in range(1, args.rounds + 1):
         print(f"round {n} of {args.rounds}", flush=True)
         rounds.append(measure_servers(args))
         ceilings.append(measure_ceiling(args))
         idles.append(measure_idle_penalty(args) if "mlp" in args.models else {})
+        if "tensorgate-ort" in args.servers:
+            footprints.append(measure_footprint(args))
     results = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "duration_s": args.duration,
         "rounds": args.rounds,
         "load_generator": "wrk -t1, sharing the cores with the server",
-        "tensorgate": f"TENSORGATE_API_SERVERS={API_SERVERS}, one inference worker per model",
+        "tensorgate": f"its defaults ({os.cpu_count()} cores: "
+        f"{min(MAX_DEFAULT_API_SERVERS, os.cpu_count() or 1)} HTTP processes, one worker per "
+        "model, access log off)",
+        "footprint_pss_mb": statistics.median(footprints) if footprints else None,
         "points": [asdict(p) for p in medians(rounds)],
         "ceiling": [
             {**rows[0], "samples_per_s": statistics.median(r["samples_per_s"] for r in rows)}

@@ -7,8 +7,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from training.registry import REGISTRY
-
 COMPUTE_HEAVY = "resnet-cifar"
 
 
@@ -28,84 +26,88 @@ def _ratio_row(bar: str, ours: float, rival: float, at_least: float) -> tuple[st
     ratio = ours / rival
     return (
         bar,
-        f"{ratio:.2f} x ({ours:.0f} / {rival:.0f})",
+        f"{ratio:.2f} x ({ours:,.0f} / {rival:,.0f})",
         "met" if ratio >= at_least else "missed",
     )
 
 
-def _best_v2_binary(points: dict, model: str, c: int) -> dict | None:
-    mine = [points.get((f"{s} v2-binary", model, c)) for s in ("tensorgate-ort", "tensorgate-ts")]
-    return max(filter(None, mine), key=lambda p: p["rps"], default=None)
-
-
-def _compute_heavy_bars(results: dict, points: dict) -> list[tuple[str, str, str]]:
-    """resnet-cifar at c=64 with V2 binary: >= 4 x the faster naive server, and >= 0.6 x the
-    in-process ceiling (batch 64, 1 thread) of the backend that served it."""
-    ours, naive = (
-        _best_v2_binary(points, COMPUTE_HEAVY, 64),
-        _faster_naive(points, COMPUTE_HEAVY, 64),
-    )
+def _policy_bars(points: dict, concurrency: list[int]) -> list[tuple[str, str, str]]:
+    """The default server against the same with batch timeout 0: mlp at every c, >= 0.95 and
+    never below its own c=1; resnet-cifar (V2 binary) at c=16 and 64, >= 1.0."""
     rows = []
-    if ours and naive:
-        bar = f"{COMPUTE_HEAVY} c=64 V2 binary: >= 4 x the faster naive server"
-        rows.append(_ratio_row(bar, ours["rps"], naive["rps"], 4))
-    backend = (
-        "torchscript" if ours and ours["server"].startswith("tensorgate-ts") else "onnxruntime"
-    )
-    ceiling = next(
-        (
-            r["samples_per_s"]
-            for r in results["ceiling"]
-            if (r["model"], r["backend"], r["batch"]) == (COMPUTE_HEAVY, backend, 64)
-        ),
-        None,
-    )
-    if ours and ceiling:
-        bar = f"{COMPUTE_HEAVY} c=64 V2 binary: samples/s >= 0.6 x the {backend} ceiling"
-        rows.append(_ratio_row(bar, ours["rps"], ceiling, 0.6))
+    default = {c: points.get(("tensorgate-ort v1", "mlp", c)) for c in concurrency}
+    zero = {c: points.get(("tensorgate-ort-bt0 v1", "mlp", c)) for c in concurrency}
+    pairs = [(c, default[c], zero[c]) for c in concurrency if default[c] and zero[c]]
+    if pairs:
+        ratios = [d["rps"] / z["rps"] for _, d, z in pairs]
+        floor_c1 = default[concurrency[0]]["rps"] if default[concurrency[0]] else 0
+        met = min(ratios) >= 0.95 and all(d["rps"] >= floor_c1 for _, d, _ in pairs)
+        rows.append(
+            (
+                "mlp V1, default / batch timeout 0, every c: >= 0.95, never below c=1",
+                ", ".join(f"c={c} {r:.2f}" for (c, _, _), r in zip(pairs, ratios, strict=True)),
+                "met" if met else "missed",
+            )
+        )
+    for c in (16, 64):
+        d = points.get(("tensorgate-ort v2-binary", COMPUTE_HEAVY, c))
+        z = points.get(("tensorgate-ort-bt0 v2-binary", COMPUTE_HEAVY, c))
+        if d and z:
+            bar = f"{COMPUTE_HEAVY} V2 binary c={c}, default / batch timeout 0: >= 1.0"
+            rows.append(_ratio_row(bar, d["rps"], z["rps"], 1.0))
     return rows
 
 
-def _faster_naive(points: dict, model: str, c: int) -> dict | None:
-    naive = [points.get((s, model, c)) for s in ("naive-def", "naive-async")]
-    return max(filter(None, naive), key=lambda p: p["rps"], default=None)
+def _ceiling_bar(results: dict, points: dict) -> list[tuple[str, str, str]]:
+    """resnet-cifar V2 binary at c=64: samples/s >= 0.7 x the in-process ORT ceiling."""
+    ours = points.get(("tensorgate-ort v2-binary", COMPUTE_HEAVY, 64))
+    ceiling = max(
+        (
+            r["samples_per_s"]
+            for r in results["ceiling"]
+            if (r["model"], r["backend"]) == (COMPUTE_HEAVY, "onnxruntime")
+        ),
+        default=None,
+    )
+    if not (ours and ceiling):
+        return []
+    bar = f"{COMPUTE_HEAVY} V2 binary c=64: >= 0.7 x the best in-process ORT ceiling"
+    return [_ratio_row(bar, ours["rps"], ceiling, 0.7)]
 
 
 def bars(results: dict) -> list[tuple[str, str, str]]:
     """(bar, measured, verdict) for the issue's targets that this run can judge."""
-    points, rows = _index(results["points"]), []
-    models = sorted({p["model"] for p in results["points"]})
-    for model in models:
-        ours, naive = _best_tensorgate(points, model, 64), _faster_naive(points, model, 64)
-        plain, floor = points.get(("litserve", model, 64)), points.get(("floor", model, 64))
-        torchserve = points.get(("torchserve", model, 64))
-        if ours and floor and model == "mlp":
-            rows.append(_ratio_row(f"{model} c=64: >= 0.6 x floor", ours["rps"], floor["rps"], 0.6))
-        if ours and torchserve and model == "mlp":
-            rows.append(
-                _ratio_row(f"{model} c=64: >= TorchServe", ours["rps"], torchserve["rps"], 1)
+    points = _index(results["points"])
+    concurrency = sorted({p["concurrency"] for p in results["points"]})
+    rows = _policy_bars(points, concurrency)
+    ours, torchserve = _best_tensorgate(points, "mlp", 64), points.get(("torchserve", "mlp", 64))
+    if ours and torchserve:
+        bar = "mlp c=64: >= 1.2 x TorchServe"
+        rows.append(_ratio_row(bar, ours["rps"], torchserve["rps"], 1.2))
+    ours1, naive1 = _best_tensorgate(points, "mlp", 1), points.get(("naive-async", "mlp", 1))
+    if ours1 and naive1:
+        ratio = ours1["p50_ms"] / naive1["p50_ms"]
+        rows.append(
+            (
+                "mlp c=1: p50 <= 1.2 x the naive async server's",
+                f"{ours1['p50_ms']:.2f} ms vs {naive1['p50_ms']:.2f} ms ({ratio:.2f} x)",
+                "met" if ratio <= 1.2 else "missed",
             )
-        for rival, label in ((naive, "the faster naive server"), (plain, "plain LitServe")):
-            if ours and rival and model in REGISTRY:
-                ratio = ours["rps"] / rival["rps"]
-                rows.append(
-                    (
-                        f"{model} c=64: ahead of {label}",
-                        f"{ratio:.2f} x",
-                        "met" if ratio > 1 else "missed",
-                    )
-                )
-        ours1, naive1 = _best_tensorgate(points, model, 1), _faster_naive(points, model, 1)
-        if ours1 and naive1:
-            ratio = ours1["p50_ms"] / naive1["p50_ms"]
-            rows.append(
-                (
-                    f"{model} c=1: p50 <= 2 x the faster naive server's",
-                    f"{ours1['p50_ms']:.2f} ms vs {naive1['p50_ms']:.2f} ms ({ratio:.1f} x)",
-                    "met" if ratio <= 2 else "missed",
-                )
+        )
+    rows += _ceiling_bar(results, points)
+    default, floor = points.get(("tensorgate-ort v1", "mlp", 64)), points.get(("floor", "mlp", 64))
+    if default and floor:
+        bar = "mlp V1 c=64 with the default settings: >= 0.9 x the floor"
+        rows.append(_ratio_row(bar, default["rps"], floor["rps"], 0.9))
+    footprint = results.get("footprint_pss_mb")
+    if footprint:
+        rows.append(
+            (
+                "PSS of the process group serving the three models, idle: <= 500 MB",
+                f"{footprint:.0f} MB",
+                "met" if footprint <= 500 else "missed",
             )
-    rows += _compute_heavy_bars(results, points)
+        )
     idle = results.get("idle_penalty_p50_ms") or {}
     if idle:
         penalty = idle["batch_timeout_50ms"] - idle["batching_off"]

@@ -57,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
             m.max_batch_size,
             m.batch_timeout,
         )
-    server = build_server(settings, models)
+    try:
+        server = build_server(settings, models)
+    except RuntimeError as e:  # e.g. TENSORGATE_DEVICE=cuda where the driver sees no GPU
+        logger.error("refusing to start: %s", e)
+        return 1
     try:
         server.run(
             host=settings.host,
             port=settings.port,
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
+            access_log=settings.access_log,
             generate_client_file=False,
         )
     except StartupError as e:

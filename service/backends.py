@@ -3,14 +3,17 @@ settings (never by probing imports or file extensions).
 
 Each call of `infer` is one device call for the whole batch: the input is copied to the
 device once and the probabilities back once.
+
+torch is imported by the TorchScript backend alone: it is about 180 MB of resident memory
+per process, which the main and HTTP processes and every ONNX Runtime worker do without.
 """
 
+import ctypes
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from export.manifest import INPUT_NAME, OUTPUT_NAME
 from export.manifest import Backend as BackendName
@@ -25,14 +28,28 @@ class Backend(Protocol):
         ...
 
 
+def cuda_devices() -> int:
+    """GPUs the CUDA driver sees (CUDA_VISIBLE_DEVICES applies), asked of the driver itself
+    as torch.cuda does, without importing torch; 0 where there is no driver. ONNX Runtime's
+    GPU build lists its CUDA provider even where no GPU exists, so it cannot tell."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without one is an error:
-    ONNX Runtime's GPU build lists its CUDA provider even where no GPU exists."""
-    available = torch.cuda.is_available()
+    """'auto' -> 'cuda' when the CUDA driver sees a GPU, else 'cpu'; 'cuda' without one is
+    an error."""
+    available = cuda_devices() > 0
     if requested == "auto":
         return "cuda" if available else "cpu"
     if requested == "cuda" and not available:
-        raise RuntimeError("TENSORGATE_DEVICE=cuda, but no CUDA device is visible to torch")
+        raise RuntimeError("TENSORGATE_DEVICE=cuda, but the CUDA driver sees no GPU")
     return requested
 
 
@@ -67,6 +84,9 @@ class TorchScriptBackend:
     name: BackendName = "torchscript"
 
     def __init__(self, path: Path, device: str, threads: int) -> None:
+        import torch  # here only: see the module's docstring
+
+        self.torch = torch
         self.device = device
         torch.set_num_threads(threads)
         if device.startswith("cuda"):
@@ -76,8 +96,8 @@ class TorchScriptBackend:
         self.module = torch.jit.load(str(path), map_location=device).eval()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device)
+        with self.torch.inference_mode():
+            x = self.torch.from_numpy(batch).to(self.device)
             return self.module(x).cpu().numpy()
 
 

@@ -43,6 +43,7 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     assert {(r["backend"], r["batch"]) for r in results["ceiling"]} == {
         (b, n) for b in ("onnxruntime", "torchscript") for n in (1, 16, 64)
     }
+    assert 50 < results["footprint_pss_mb"] < 4000  # the three models' process group, in MB
     idle = results["idle_penalty_p50_ms"]
     assert set(idle) == {"batch_timeout_50ms", "batching_off"} and all(v > 0 for v in idle.values())
     report = (out / "results.md").read_text()

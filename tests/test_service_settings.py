@@ -96,6 +96,18 @@ def test_cuda_serves_where_a_gpu_is_present(exported, tmp_path, backend):
             assert s.metric("tensorgate_model_info", model=name, device="cuda:0") == 1
 
 
+def test_the_driver_check_agrees_with_torch():
+    from service.backends import cuda_devices
+
+    assert cuda_devices() == torch.cuda.device_count()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_asked_for_without_a_gpu_stops_start_up(exported):
+    result = start_refused(exported, "--device", "cuda")
+    assert result.returncode == 1 and "the CUDA driver sees no GPU" in result.stderr
+
+
 def start_refused(repository, *args) -> subprocess.CompletedProcess:
     command = [
         sys.executable,

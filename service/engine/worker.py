@@ -180,7 +180,11 @@ class Worker:
         live, answers = [], []
         for q in batch:
             if timeout and started - q.request.enqueued_at > timeout:
-                failure = Failure(504, "request timed out in the queue")
+                failure = Failure(
+                    504,
+                    f"the request waited over {timeout:g} s for the model "
+                    "(TENSORGATE_REQUEST_TIMEOUT) and was not computed",
+                )
                 answers.append((q, Answer(q.request.uid, None, failure)))
             else:
                 live.append(q)

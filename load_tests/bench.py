@@ -1,7 +1,7 @@
 """The side-by-side benchmark: each server on loopback, one at a time, driven by wrk at several
 concurrencies for every model; plus each backend's in-process batched throughput (no HTTP).
 
-    python -m load_tests.bench                       # make bench: everything, 3 rounds, ~45 min
+    python -m load_tests.bench                       # make bench: everything, 3 rounds, ~90 min
     python -m load_tests.bench --models mlp --servers floor --concurrency 1 --duration 1
 
 Besides the three served models it measures resnet-cifar, the same ResNet at 3x32x32 with

@@ -176,6 +176,11 @@ def write_report(results: dict, out: Path) -> None:
     plot(results, models, servers, concurrency, out / "bench.png")
 
 
+def _rounds(results: dict) -> str:
+    n = results.get("rounds", 1)
+    return "one round" if n == 1 else f"median of {n} rounds"
+
+
 def plot(
     results: dict, models: list[str], servers: list[str], concurrency: list[int], path: Path
 ) -> None:
@@ -206,7 +211,7 @@ def plot(
     axes[0][0].legend(fontsize=8)
     fig.suptitle(
         "tensorgate vs the HTTP floor, naive servers, plain LitServe and TorchServe "
-        f"({results['date']}, median of {results.get('rounds', 1)} rounds)"
+        f"({results['date']}, {_rounds(results)})"
     )
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -16,11 +16,13 @@ replaces, through LitServer's private hooks (hence the exact version check below
   accepting and answers what it has, then the workers stop), bounded by the drain deadline.
 """
 
+import asyncio
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 
 import litserve as ls
@@ -90,8 +92,6 @@ class IdleTransport:
     engine's sockets, so it waits here until it is cancelled at shutdown."""
 
     async def areceive(self, *args, **kwargs) -> None:
-        import asyncio
-
         await asyncio.get_running_loop().create_future()
 
     def send(self, *args, **kwargs) -> None:
@@ -186,8 +186,6 @@ class EngineServer(ls.LitServer):
     # -- supervision ---------------------------------------------------------------------
 
     def _start_worker_monitoring(self, manager, uvicorn_workers: dict) -> None:
-        import threading
-
         self.http_processes = list(uvicorn_workers.values())
         threading.Thread(target=self._supervise, daemon=True, name="tensorgate-supervisor").start()
 

@@ -37,7 +37,9 @@ class InferenceFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.handlers:
-            await self.answer(scope, receive, send)
+            # GZipMiddleware only when the client takes gzip: its wrapping costs every request
+            gzip = any(k == b"accept-encoding" and b"gzip" in v for k, v in scope["headers"])
+            await (self.answer if gzip else self._answer)(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

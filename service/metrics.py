@@ -44,12 +44,6 @@ BATCH_SIZE = Histogram(
     "tensorgate_batch_size", "Instances per batch.", ["model"], buckets=BATCH_BUCKETS
 )
 INSTANCES = Counter("tensorgate_instances", "Instances inferred.", ["model"])
-INFLIGHT = Gauge(
-    "tensorgate_inflight_requests",
-    "Inference requests being handled.",
-    ["model"],
-    multiprocess_mode="livesum",
-)
 MODEL_LOAD = Gauge(
     "tensorgate_model_load_seconds",
     "Seconds to load and warm up the model in a worker.",
@@ -71,8 +65,8 @@ WORKER_RESTARTS = Counter(
 
 
 class QueueCollector:
-    """The queue bound and what fills it, read from the engine's shared counters at scrape time
-    (exact across HTTP processes, unlike a gauge each process sets)."""
+    """The queue bound and what fills it, read from the engine's shared counters at scrape time:
+    exact across HTTP processes, and nothing to update per request."""
 
     def __init__(self, models: list[str], limit: int, in_flight: Callable[[str], int]) -> None:
         self.models, self.limit, self.in_flight = models, limit, in_flight
@@ -84,8 +78,8 @@ class QueueCollector:
             labels=["model"],
         )
         queued = GaugeMetricFamily(
-            "tensorgate_queued_requests",
-            "Requests queued or running per model, across all HTTP processes.",
+            "tensorgate_inflight_requests",
+            "Inference requests admitted and not yet answered (queued or running), per model.",
             labels=["model"],
         )
         for model in self.models:

@@ -23,7 +23,7 @@ from .errors import (
     ServiceError,
     UnsupportedMedia,
 )
-from .metrics import INFLIGHT, REJECTIONS, REQUEST_DURATION, REQUESTS
+from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
 from .repository import ServedModel
 from .settings import Settings
@@ -77,6 +77,9 @@ class KServeSpec(LitSpec):
             max_instances=settings.max_instances,
         )
         self.api_path = f"/v1/models/{model.name}:predict"  # LitServe names the model by it
+        # prometheus_client's labels() is a lookup per call, so the children are kept, made
+        # on first use in the HTTP process (they cannot be pickled into the workers)
+        self._children: dict[tuple[str, int], tuple] = {}
         v1, v2 = f"/v1/models/{model.name}", f"/v2/models/{model.name}"
         for path, endpoint, method in (
             (f"{v1}:predict", self.v1_predict, "POST"),
@@ -119,7 +122,6 @@ class KServeSpec(LitSpec):
         """Auth, body, `handle(body) -> Response`, and the request's metrics, for V1 and V2."""
         name = self.model.name
         started, code = time.perf_counter(), 500
-        INFLIGHT.labels(name).inc()
         try:
             check_api_key(request, self.settings.api_key)
             self._check_version(version)
@@ -133,9 +135,21 @@ class KServeSpec(LitSpec):
                 REJECTIONS.labels(name, reason).inc()
             raise
         finally:
-            INFLIGHT.labels(name).dec()
-            REQUESTS.labels(name, str(self.model.version), protocol, str(code)).inc()
-            REQUEST_DURATION.labels(name, protocol).observe(time.perf_counter() - started)
+            answered, latency = self._metrics(protocol, code)
+            answered.inc()
+            latency.observe(time.perf_counter() - started)
+
+    def _metrics(self, protocol: str, code: int) -> tuple:
+        """(requests counter, latency histogram) children for this protocol and status."""
+        children = self._children.get((protocol, code))
+        if children is None:
+            name, version = self.model.name, str(self.model.version)
+            children = (
+                REQUESTS.labels(name, version, protocol, str(code)),
+                REQUEST_DURATION.labels(name, protocol),
+            )
+            self._children[(protocol, code)] = children
+        return children
 
     async def v1_predict(self, request: Request) -> Response:
         async def handle(body: bytes) -> Response:

@@ -264,7 +264,9 @@ def test_the_queue_bound_holds_across_http_processes(exported, tmp_path):
 
         def watch() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], service.metric("tensorgate_queued_requests", model="resnet"))
+                peak[0] = max(
+                    peak[0], service.metric("tensorgate_inflight_requests", model="resnet")
+                )
                 time.sleep(0.01)
 
         def post(_: int):

@@ -166,10 +166,9 @@ class Engine:
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self._local: dict[str, ModelLinks] | None = None  # this process's, made on first use
         self._watcher: asyncio.Task | None = None
-        self._pid = 0
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_local": None, "_watcher": None, "_pid": 0}
+        return {**self.__dict__, "_local": None, "_watcher": None}
 
     # -- shared across processes ---------------------------------------------------------
 
@@ -206,8 +205,7 @@ class Engine:
     # -- this HTTP process's connections -------------------------------------------------
 
     def _links(self, model: str) -> ModelLinks:
-        if self._local is None or self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._local is None:  # first use in this HTTP process (the main one never uses it)
             self._local = {m: ModelLinks(self.token, m, n) for m, n in self.workers.items()}
             for links in self._local.values():
                 links.keep()

@@ -11,10 +11,9 @@ import zlib
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
-from litserve.specs.base import LitSpec
 
 from .auth import check_api_key
-from .engine import Engine
+from .engine import Engine, LitSpec
 from .errors import (
     BadRequest,
     ClientGone,

@@ -3,10 +3,21 @@
 Engine        the HTTP side: submit a request, readiness, drain state (client.py)
 EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)
 WorkerLoop    the inference worker's loop, with the batching policy (worker.py)
+LitSpec       LitServe's spec base class, which it keeps in a submodule
 """
+
+from litserve.specs.base import LitSpec
 
 from .client import Engine
 from .server import LITSERVE_VERSION, EngineServer, StartupError
 from .worker import Batcher, WorkerLoop
 
-__all__ = ["LITSERVE_VERSION", "Batcher", "Engine", "EngineServer", "StartupError", "WorkerLoop"]
+__all__ = [
+    "LITSERVE_VERSION",
+    "Batcher",
+    "Engine",
+    "EngineServer",
+    "LitSpec",
+    "StartupError",
+    "WorkerLoop",
+]

@@ -80,10 +80,7 @@ class SetupStatus:
     def __len__(self) -> int:
         return len(self.index)
 
-    def items(self) -> list[tuple[str, str]]:
-        return [(key, self[key]) for key in self.index]
-
-    def values(self) -> list[str]:
+    def values(self) -> list[str]:  # LitServe's own /health reads them
         return [self[key] for key in self.index]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .settings import Settings
+from .settings import LOG_FORMAT, Settings
 
 logger = logging.getLogger("tensorgate")
 
@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as e:
         print(f"invalid settings: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     prepare_metrics_dir()
 
     from export.manifest import ManifestError  # after the metrics folder is set

@@ -13,6 +13,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 # Small requests are bound by the HTTP processes' Python: on 2 cores, mlp at 64 connections
 # served 2,727 requests/s with one and 3,441 with two. Past a few, the workers need the cores.
 MAX_DEFAULT_API_SERVERS = 4
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the main process's and the workers' logs
 
 
 class Settings(BaseSettings):

@@ -130,7 +130,7 @@ class ModelLinks:
             await asyncio.sleep(RECONNECT_EVERY)
 
     def connected(self) -> list[Link]:
-        return [link for link in self.links if link is not None and not link.lost.done()]
+        return [link for i, link in enumerate(self.links) if self.alive(i)]
 
     async def ready(self) -> bool:
         """Every worker is connected; tries the missing ones once, so a fresh process answers
@@ -141,7 +141,8 @@ class ModelLinks:
 
     async def pick(self) -> Link:
         links = self.connected()
-        if not links and await self.ready():
+        if not links:
+            await self.ready()
             links = self.connected()
         if not links:
             raise Unavailable(

@@ -23,6 +23,7 @@ import numpy as np
 from litserve.loops.base import LitLoop
 
 from ..metrics import QUEUE_DURATION, REJECTIONS
+from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, address, frame
 
@@ -73,7 +74,7 @@ class WorkerLoop(LitLoop):
         # once the HTTP processes have answered everything they accepted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         logging.basicConfig(  # a spawned process does not inherit the main one's logging
-            level=self.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", force=True
+            level=self.log_level.upper(), format=LOG_FORMAT, force=True
         )
         worker = Worker(lit_api, address(self.token, self.model, worker_id))
         logger.info("model %s worker %d serving (pid %d)", self.model, worker_id, os.getpid())

@@ -27,6 +27,7 @@ RUN TORCH="$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \
          pip install --no-cache-dir "$TORCH"; \
        fi
 COPY training/ training/
+COPY artifacts/ artifacts/
 COPY export/ export/
 COPY service/ service/
 RUN pip install --no-cache-dir .

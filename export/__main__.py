@@ -4,10 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from artifacts.manifest import BACKENDS, Serving, read_manifest
 from training.checkpoint import CHECKPOINT_NAME
 from training.registry import ALL_MODELS, REGISTRY
 
-from .manifest import Serving, read_manifest
 from .pipeline import export_model
 from .verify import ParityError
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="training runs folder")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument(
-        "--backend", choices=["onnxruntime", "torchscript"], default=DEFAULTS.backend,
+        "--backend", choices=BACKENDS, default=DEFAULTS.backend,
         help=f"the backend the service uses for this version (default: {DEFAULTS.backend})",
     )  # fmt: skip
     parser.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)

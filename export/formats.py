@@ -8,8 +8,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from .manifest import INPUT_NAME, OUTPUT_NAME
-
+INPUT_NAME = "input"  # every exported graph's one input tensor
+OUTPUT_NAME = "probabilities"  # and its one output
 ONNX_OPSET = 18  # ONNX opset: recent, with LayerNormalization, and run by every current runtime
 
 # The ONNX exporter warns, once per export, that torchvision's ops cannot be registered;

@@ -5,19 +5,15 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
 from tqdm import tqdm
 
-from training import load_checkpoint, registry
-
-from .formats import ONNX_OPSET, write_onnx, write_torchscript
-from .manifest import (
-    INPUT_NAME,
-    ONNX_NAME,
-    OUTPUT_NAME,
-    TORCHSCRIPT_NAME,
+from artifacts.manifest import (
+    ARTIFACTS,
+    EXAMPLES_NAME,
     Files,
     Manifest,
     Parity,
@@ -27,9 +23,15 @@ from .manifest import (
     sha256_file,
     write_manifest,
 )
+from training import load_checkpoint, registry
+
+from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, write_onnx, write_torchscript
 from .verify import VerifyReport, artifact_runners, verify
 
 STAGING_PREFIX = ".staging-"  # not a number, so never read as a version
+EXAMPLES = 64  # held-out inputs kept beside the artifacts (examples.npy)
+ONNX_FILE = ARTIFACTS["onnxruntime"].file_name
+TORCHSCRIPT_FILE = ARTIFACTS["torchscript"].file_name
 
 
 def parity_batch_sizes(max_batch_size: int) -> list[int]:
@@ -62,8 +64,9 @@ def build_manifest(
         ],
         outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, len(labels)])],
         files=Files(
-            onnx=file_entry(staging / ONNX_NAME),
-            torchscript=file_entry(staging / TORCHSCRIPT_NAME),
+            onnx=file_entry(staging / ONNX_FILE),
+            torchscript=file_entry(staging / TORCHSCRIPT_FILE),
+            examples=file_entry(staging / EXAMPLES_NAME),
         ),
         metrics={
             "eager": {"accuracy": report.eager_accuracy},
@@ -104,13 +107,14 @@ def export_model(
     steps = tqdm(total=4, desc=f"export {name}", unit="step", disable=not progress)
     try:
         steps.set_postfix_str("TorchScript")
-        write_torchscript(model, staging / TORCHSCRIPT_NAME)
+        write_torchscript(model, staging / TORCHSCRIPT_FILE)
         steps.update()
         steps.set_postfix_str("ONNX")
-        write_onnx(model, dataset.train.x[:2], staging / ONNX_NAME)
+        write_onnx(model, dataset.train.x[:2], staging / ONNX_FILE)
+        np.save(staging / EXAMPLES_NAME, dataset.test.x[:EXAMPLES].numpy(), allow_pickle=False)
         steps.update()
         steps.set_postfix_str("verify")
-        runners = artifact_runners(staging / ONNX_NAME, staging / TORCHSCRIPT_NAME)
+        runners = artifact_runners(staging)
         batch_sizes = parity_batch_sizes(serving.max_batch_size)
         report = verify(name, model, runners, dataset, batch_sizes)
         steps.update()

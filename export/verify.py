@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.backends import load_backend
+from artifacts.manifest import ARTIFACTS, BACKENDS
+from artifacts.runtimes import load_runtime
 from training.data import Dataset
 
 TOLERANCE = 1e-4  # largest allowed |probability - eager's|, per element
@@ -37,7 +38,7 @@ class BackendReport:
 @dataclass
 class VerifyReport:
     eager_accuracy: float
-    backends: dict[str, BackendReport]  # "torchscript", "onnx", and "*_cuda" with a GPU
+    backends: dict[str, BackendReport]  # every backend, and "<backend>_cuda" with a GPU
 
 
 def eager_runner(model: nn.Module) -> Runner:
@@ -50,17 +51,17 @@ def eager_runner(model: nn.Module) -> Runner:
     return run
 
 
-def artifact_runners(onnx_path: Path, torchscript_path: Path) -> dict[str, tuple[str, Runner]]:
-    """Every backend and device to verify, through the service's own backends, so the proof
-    covers the code that serves: the CPU always, CUDA only where it is really there."""
-    targets = [("onnx", "onnxruntime", onnx_path), ("torchscript", "torchscript", torchscript_path)]
+def artifact_runners(version_dir: Path) -> dict[str, tuple[str, Runner]]:
+    """Every backend and device to verify, through the runtimes the service serves with, so
+    the proof covers the code that serves: the CPU always, CUDA only where it is really there."""
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    threads = torch.get_num_threads()  # keep this process's setting (the backend sets it)
+    threads = torch.get_num_threads()  # keep this process's setting (the runtime sets it)
     runners = {}
     for device in devices:
-        for key, backend, path in targets:
-            suffix = "" if device == "cpu" else f"_{device}"
-            runners[key + suffix] = (device, load_backend(backend, path, device, threads).infer)
+        for backend in BACKENDS:
+            path = version_dir / ARTIFACTS[backend].file_name
+            key = backend if device == "cpu" else f"{backend}_{device}"
+            runners[key] = (device, load_runtime(backend, path, device, threads).infer)
     return runners
 
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repository",
         type=Path,
         default=Path("model_repository"),
-        help="what the started service serves",
+        help="what the started service serves, and where the payloads come from",
     )
     parser.add_argument("--users", type=int, default=16, help="concurrent users (default 16)")
     parser.add_argument("--spawn-rate", type=float, default=8, help="users started per second")
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.spawn_rate),
             "-t",
             args.duration,
+            "--repository",
+            str(args.repository),
             "--csv",
             str(out / "locust"),
             "--html",

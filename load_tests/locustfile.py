@@ -3,22 +3,25 @@
     locust -f load_tests/locustfile.py --headless -u 16 -r 8 -t 30s --host http://127.0.0.1:8000
     python -m load_tests ...      # the same, with reports and the service started for you
 
-Payloads are rows of each model's held-out split (not constants). Every response is checked:
-a 200 whose body is not the right shape of valid probabilities is a failure. Tasks carry two
-tags, the model and the protocol, so `--tags mlp` or `--tags v2-binary` runs a subset; the
-mix is `--model-weights` x `--protocol-weights`. When the run ends, the SLOs (failure ratio,
-p95, p99, overall and per endpoint) are checked and a violation exits non-zero, naming it.
+Payloads are rows of each model's held-out split (not constants), read from the model
+repository (--repository, default $TENSORGATE_REPOSITORY or model_repository). Every response
+is checked: a 200 whose body is not the right shape of valid probabilities is a failure.
+Tasks carry two tags, the model and the protocol, so `--tags mlp` or `--tags v2-binary` runs
+a subset; the mix is `--model-weights` x `--protocol-weights`. When the run ends, the SLOs
+(failure ratio, p95, p99, overall and per endpoint) are checked and a violation exits
+non-zero, naming it.
 """
 
 import logging
+import os
+from pathlib import Path
 from typing import ClassVar
 
 import gevent
 import numpy as np
 from locust import FastHttpUser, events, tag
 
-from load_tests.payloads import PROTOCOLS, Case, build_case, check, weights
-from training.registry import REGISTRY
+from load_tests.payloads import PROTOCOLS, Case, Served, build_case, check, served_models, weights
 
 # SLO defaults, from a 10 s run on the project's 2-core machine, 16 users and the service on
 # the same cores: p95 68-76 ms and p99 73-170 ms per endpoint (p95 72, p99 110 overall), at
@@ -32,9 +35,14 @@ logger = logging.getLogger("tensorgate.locust")
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument(
+        "--repository",
+        default=os.environ.get("TENSORGATE_REPOSITORY", "model_repository"),
+        help="the model repository the service serves: payloads come from its manifests",
+    )
+    parser.add_argument(
         "--model-weights",
-        default="mlp=1,resnet=1,transformer=1",
-        help="relative weight of each model, name=weight,...",
+        default="",
+        help="relative weight of each model, name=weight,... (default: every model, 1 each)",
     )
     parser.add_argument(
         "--protocol-weights",
@@ -88,14 +96,16 @@ def _make_tasks(environment, **kwargs) -> None:
     options = environment.parsed_options
     if options is None:  # locust used as a library with no options
         return
-    models = weights(options.model_weights, list(REGISTRY))
+    repository = Path(options.repository)
+    known = served_models(repository)
+    models = weights(options.model_weights, known) or dict.fromkeys(known, 1)
     protocols = weights(options.protocol_weights, PROTOCOLS)
     rng = np.random.default_rng(0)
     tasks = []
     for model, model_weight in models.items():
-        dataset = REGISTRY[model].dataset()
+        served = Served(repository, model)
         for protocol, protocol_weight in protocols.items():
-            case = build_case(model, protocol, options.instances, rng, dataset)
+            case = build_case(model, protocol, options.instances, rng, served)
 
             def run(user: TensorgateUser, case: Case = case) -> None:
                 user.infer(case)
@@ -105,7 +115,7 @@ def _make_tasks(environment, **kwargs) -> None:
     if not tasks:
         raise ValueError("the weights leave no task to run")
     TensorgateUser.tasks = tasks
-    # Loading the data blocked gevent's loop, whose clock then lags: refresh it, or the
+    # Reading the repository blocked gevent's loop, whose clock then lags: refresh it, or the
     # --run-time timer that locust sets next would measure from the stale time and end early.
     gevent.get_hub().loop.update_now()
 

@@ -1,12 +1,17 @@
-"""What the load test sends and how it judges answers: plain functions, no locust import."""
+"""What the load test sends and how it judges answers: plain functions, no locust import.
+
+The bodies are built from the model repository alone: each version's manifest (tensor names,
+labels) and the held-out inputs export keeps beside the artifacts (examples.npy).
+"""
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from artifacts.manifest import EXAMPLES_NAME, Manifest, read_manifest, versions
 from service.protocol import BINARY_HEADER
-from training.data import Dataset
 
 PROTOCOLS = ("v1", "v2", "v2-binary")
 PAYLOADS = 64  # distinct request bodies per model and protocol
@@ -38,30 +43,54 @@ def weights(spec: str, known: tuple[str, ...] | list[str]) -> dict[str, int]:
     return parsed
 
 
-def request_body(protocol: str, rows: np.ndarray, request_id: str) -> tuple[bytes, dict]:
+class Served:
+    """What a load test needs of one model: the highest version's manifest and examples."""
+
+    def __init__(self, repository: Path, model: str) -> None:
+        found = versions(repository / model)
+        if not found:
+            raise ValueError(f"{repository / model}: no complete version of model {model!r}")
+        folder = repository / model / str(found[-1])
+        self.manifest: Manifest = read_manifest(folder)
+        if self.manifest.files.examples is None:
+            raise ValueError(f"{folder}: no {EXAMPLES_NAME}; export the model again")
+        self.examples: np.ndarray = np.load(folder / EXAMPLES_NAME, allow_pickle=False)
+
+
+def served_models(repository: Path) -> list[str]:
+    """The models of a repository, by folder name."""
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and versions(p))
+
+
+def request_body(
+    protocol: str, rows: np.ndarray, request_id: str, manifest: Manifest
+) -> tuple[bytes, dict]:
     if protocol == "v1":
         return json.dumps({"instances": rows.tolist()}).encode(), {}
-    tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape)}
+    input_name, output_name = manifest.inputs[0].name, manifest.outputs[0].name
+    tensor = {"name": input_name, "datatype": "FP32", "shape": list(rows.shape)}
     if protocol == "v2":
         tensor["data"] = rows.ravel().tolist()
         return json.dumps({"id": request_id, "inputs": [tensor]}).encode(), {}
     raw = rows.astype("<f4").tobytes()
     tensor["parameters"] = {"binary_data_size": len(raw)}
-    wanted = [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    wanted = [{"name": output_name, "parameters": {"binary_data": True}}]
     header = json.dumps({"id": request_id, "inputs": [tensor], "outputs": wanted}).encode()
     return header + raw, {BINARY_HEADER: str(len(header))}
 
 
 def build_case(
-    model: str, protocol: str, instances: int, rng: np.random.Generator, dataset: Dataset
+    model: str, protocol: str, instances: int, rng: np.random.Generator, served: Served
 ) -> Case:
-    held_out = dataset.test.x.numpy()
+    held_out, manifest = served.examples, served.manifest
     bodies = [
-        request_body(protocol, held_out[rng.integers(0, len(held_out), instances)], str(i))
+        request_body(
+            protocol, held_out[rng.integers(0, len(held_out), instances)], str(i), manifest
+        )
         for i in range(PAYLOADS)
     ]
     path = f"/v1/models/{model}:predict" if protocol == "v1" else f"/v2/models/{model}/infer"
-    return Case(model, protocol, path, bodies, instances, dataset.labels)
+    return Case(model, protocol, path, bodies, instances, tuple(manifest.labels))
 
 
 def _probabilities_ok(p: np.ndarray, case: Case) -> str | None:

@@ -23,8 +23,8 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
-        self.url, self.process, self.log = url, process, log
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, repository: Path) -> None:
+        self.url, self.process, self.log, self.repository = url, process, log, repository
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kw)
@@ -90,4 +90,4 @@ def running_service(repository: Path, log_dir: Path, **settings: object):
     with running(
         command, env, url, "/v2/health/ready", log_dir / f"service-{port}.log", START_TIMEOUT
     ) as process:
-        yield Service(url, process, log_dir / f"service-{port}.log")
+        yield Service(url, process, log_dir / f"service-{port}.log", repository)

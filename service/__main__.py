@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     prepare_metrics_dir()
 
-    from export.manifest import ManifestError  # after the metrics folder is set
+    from artifacts.manifest import ManifestError  # after the metrics folder is set
 
     from .app import build_server
     from .engine import StartupError

@@ -5,7 +5,8 @@ import time
 import litserve as ls
 import numpy as np
 
-from .backends import load_backend
+from artifacts.runtimes import load_runtime
+
 from .engine import Engine, WorkerLoop
 from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
 from .repository import ServedModel
@@ -18,7 +19,7 @@ WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a 
 class ModelAPI(ls.LitAPI):
     """The LitServe lifecycle for one model.
 
-    setup: load and warm the backend (the worker reports ready only after it), timing the
+    setup: load and warm the runtime (the worker reports ready only after it), timing the
     warm-up batches for the batching policy; batch -> predict -> unbatch: concatenate the
     requests, run max-size device calls, split back. Requests arrive already validated as
     float32 arrays (protocol.py, in the HTTP process), so there is nothing to decode.
@@ -46,13 +47,13 @@ class ModelAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         started = time.perf_counter()
-        self.backend = load_backend(self.model.backend, self.model.artifact, device, self.threads)
+        self.runtime = load_runtime(self.model.backend, self.model.artifact, device, self.threads)
         shape = tuple(self.model.manifest.inputs[0].shape[1:])
         for size in (1, self.max_batch_size):
             x = np.zeros((size, *shape), dtype=np.float32)
             for _ in range(WARMUP_ROUNDS):
                 began = time.perf_counter()
-                self.backend.infer(x)
+                self.runtime.infer(x)
             self.warmup_costs.append((size, time.perf_counter() - began))  # the warm one
         version = str(self.model.version)
         MODEL_LOAD.labels(self.name, version).set(time.perf_counter() - started)
@@ -68,7 +69,7 @@ class ModelAPI(ls.LitAPI):
         """(N, ...) -> (N, classes), in device calls of at most max_batch_size instances."""
         started = time.perf_counter()
         step = self.max_batch_size
-        outputs = [self.backend.infer(x[i : i + step]) for i in range(0, len(x), step)]
+        outputs = [self.runtime.infer(x[i : i + step]) for i in range(0, len(x), step)]
         self.compute_seconds.observe(time.perf_counter() - started)
         self.batch_instances.observe(len(x))
         self.instances_total.inc(len(x))

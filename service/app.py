@@ -8,9 +8,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from artifacts.runtimes import resolve_device
+
 from .api import ModelAPI
 from .auth import check_api_key
-from .backends import resolve_device
 from .engine import Engine, EngineServer
 from .errors import BadRequest, NotFound, error_response
 from .fastpath import InferenceFastPath

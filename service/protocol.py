@@ -44,6 +44,8 @@ def _json(body: bytes, what: str) -> dict:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply to parse") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -55,9 +57,12 @@ def _numbers(data: Any, what: str) -> np.ndarray:
         arr = np.array(data)
     except (ValueError, TypeError):
         raise BadRequest(f"{what} is ragged: every row must have the same length") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply (more axes than any input has)") from None
     if arr.dtype.kind not in "iuf":  # strings, booleans, nulls, objects
         raise BadRequest(f"{what} must hold only numbers (found {arr.dtype.name} values)")
-    return arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, refused below
+        return arr.astype(np.float32)
 
 
 def _check_batch(x: np.ndarray, sig: Signature, what: str) -> np.ndarray:

@@ -3,7 +3,14 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import Backend, Manifest, ManifestError, read_manifest, verify_files, versions
+from artifacts.manifest import (
+    Backend,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    verify_files,
+    versions,
+)
 
 from .settings import Settings
 
@@ -21,8 +28,7 @@ class ServedModel:
 
     @property
     def artifact(self) -> Path:
-        files = self.manifest.files
-        return self.path / (files.onnx if self.backend == "onnxruntime" else files.torchscript).path
+        return self.path / self.manifest.artifact(self.backend).path
 
 
 def _select(repository: Path, name: str, pinned: int | None) -> tuple[int, tuple[int, ...]]:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from artifacts.manifest import Backend
+
 # LitServe binds only these (LitServer.run refuses any other host).
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 # Small requests are bound by the HTTP processes' Python: on 2 cores, mlp at 64 connections
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
         description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version "
         "(default: every model in the repository, at its highest version)",
     )
-    backend: Literal["onnxruntime", "torchscript"] | None = Field(
+    backend: Backend | None = Field(
         None, description="one backend for every model (default: each manifest's; onnxruntime)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(

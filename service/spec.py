@@ -12,6 +12,8 @@ import zlib
 import numpy as np
 from fastapi import HTTPException, Request, Response
 
+from artifacts.manifest import ARTIFACTS
+
 from .auth import check_api_key
 from .engine import Engine, LitSpec
 from .errors import (
@@ -26,8 +28,6 @@ from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
 from .repository import ServedModel
 from .settings import Settings
-
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}  # Triton's
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -180,7 +180,7 @@ class KServeSpec(LitSpec):
         return {
             "name": self.model.name,
             "versions": [str(self.model.version)],
-            "platform": PLATFORMS[self.model.backend],
+            "platform": ARTIFACTS[self.model.backend].platform,
             "inputs": [t.model_dump() for t in manifest.inputs],
             "outputs": [t.model_dump() for t in manifest.outputs],
             "labels": list(manifest.labels),

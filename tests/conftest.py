@@ -3,12 +3,18 @@
 from pathlib import Path
 
 import pytest
+from helpers import BATCH_TIMEOUT, tool
 
 from load_tests.servers import running_service
 from training import REGISTRY, train_and_save
 from training.train import TrainResult
 
-BATCH_TIMEOUT = 0.5  # the shared service's: large on purpose, a lone request must not wait for it
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """@pytest.mark.tools("wrk", ...): check the tools before any fixture trains or serves."""
+    for marker in item.iter_markers("tools"):
+        for name in marker.args:
+            tool(name)
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,15 @@ import subprocess
 import sys
 
 import pytest
-from tools import tool
 
 
+@pytest.mark.tools("wrk")
 def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
-    tool("wrk")
     out = tmp_path / "bench"
     command = [
         sys.executable,
         "-m",
-        "load_tests.bench",
+        "benchmarks",
         "--models",
         "mlp",
         "--servers",
@@ -51,10 +50,10 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.tools("wrk")
 def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
-    tool("wrk")
     runs, repository, out = tmp_path / "runs", tmp_path / "bench-repository", tmp_path / "out"
-    command = [sys.executable, "-m", "load_tests.bench", "--models", "resnet-cifar"]
+    command = [sys.executable, "-m", "benchmarks", "--models", "resnet-cifar"]
     command += [
         "--servers",
         "naive-async",
@@ -70,6 +69,6 @@ def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = json.loads((repository / "resnet-cifar" / "1" / "manifest.json").read_text())
     assert manifest["inputs"][0]["shape"] == [-1, 3, 32, 32]
-    assert manifest["parity"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert manifest["parity"]["onnxruntime"]["max_abs_diff"] <= 1e-4
     [point] = json.loads((out / "results.json").read_text())["points"]
     assert (point["server"], point["model"], point["errors"]) == ("naive-async", "resnet-cifar", 0)

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
-from tools import tool
+from helpers import tool
 
 from load_tests.servers import free_port
 from service.settings import Settings
@@ -58,6 +58,7 @@ def exec_form(op: str) -> list[str]:
     return json.loads(args.split("CMD", 1)[1] if op == "HEALTHCHECK" else args)
 
 
+@pytest.mark.tools("hadolint")
 def test_hadolint_passes_with_every_ignore_explained():
     done = subprocess.run(
         [tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True
@@ -137,6 +138,7 @@ def test_the_images_command_becomes_ready_passes_its_healthcheck_and_stops_on_si
 # -- Prometheus, Grafana, compose --------------------------------------------------------
 
 
+@pytest.mark.tools("promtool")
 def test_promtool_accepts_the_prometheus_config_and_rules():
     for args in (
         ["check", "config", DEPLOY / "prometheus" / "prometheus.yml"],

@@ -9,28 +9,37 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import NAMES, artifact, held_out
 
 import export.pipeline
-from export.formats import write_onnx
-from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, read_manifest, sha256_file, versions
-from export.pipeline import export_model
+from artifacts.manifest import BACKENDS, EXAMPLES_NAME, read_manifest, sha256_file, versions
+from export.formats import INPUT_NAME, OUTPUT_NAME, write_onnx
+from export.pipeline import EXAMPLES, export_model
 from export.verify import TOLERANCE, ParityError
 from training import REGISTRY, load_checkpoint
 from training.checkpoint import CHECKPOINT_NAME
-
-NAMES = list(REGISTRY)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_model_exports_faithfully_and_keeps_its_accuracy(exported, name):
     m = read_manifest(exported / name / "1")
-    assert set(m.parity) == {"torchscript", "onnx"}  # no GPU here; "*_cuda" join with one
+    assert set(m.parity) == set(BACKENDS)  # no GPU here; "<backend>_cuda" join with one
     for backend, parity in m.parity.items():
         assert parity.max_abs_diff <= TOLERANCE
         assert {1, 7, 333} <= set(parity.batch_sizes)
         assert max(parity.batch_sizes) > m.serving.max_batch_size
         assert m.metrics[backend]["accuracy"] == m.metrics["eager"]["accuracy"]
     assert m.metrics["eager"]["accuracy"] >= REGISTRY[name].accuracy_bar
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_examples_beside_the_artifacts_are_held_out_rows(exported, name):
+    version = exported / name / "1"
+    m = read_manifest(version)
+    assert m.files.examples.sha256 == sha256_file(version / EXAMPLES_NAME)
+    examples = np.load(version / EXAMPLES_NAME, allow_pickle=False)
+    np.testing.assert_array_equal(examples, held_out(name)[:EXAMPLES])
+    assert examples.dtype == np.float32 and list(examples.shape[1:]) == m.inputs[0].shape[1:]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,11 +51,11 @@ def test_parity_through_the_real_runtimes(full_runs, exported, name, batch):
     x = test_x.repeat(batch // len(test_x) + 1, *[1] * (test_x.dim() - 1))[:batch]
     with torch.inference_mode():
         eager = model(x).numpy()
-        scripted = torch.jit.load(str(exported / name / "1" / TORCHSCRIPT_NAME))(x).numpy()
+        scripted = torch.jit.load(str(artifact(exported, name, "torchscript")))(x).numpy()
     session = ort.InferenceSession(
-        str(exported / name / "1" / ONNX_NAME), providers=["CPUExecutionProvider"]
+        str(artifact(exported, name)), providers=["CPUExecutionProvider"]
     )
-    onnx_out = session.run(["probabilities"], {"input": x.numpy()})[0]
+    onnx_out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     assert eager.shape == scripted.shape == onnx_out.shape == (batch, len(model(x[:1])[0]))
     assert np.abs(scripted - eager).max() <= TOLERANCE
     assert np.abs(onnx_out - eager).max() <= TOLERANCE
@@ -54,12 +63,12 @@ def test_parity_through_the_real_runtimes(full_runs, exported, name, batch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_graph_is_checked_with_a_dynamic_batch_axis(exported, name):
-    proto = onnx.load(str(exported / name / "1" / ONNX_NAME))
+    proto = onnx.load(str(artifact(exported, name)))
     onnx.checker.check_model(proto, full_check=True)
     (graph_input,) = proto.graph.input
-    assert graph_input.name == "input"
+    assert graph_input.name == INPUT_NAME
     assert graph_input.type.tensor_type.shape.dim[0].dim_param  # symbolic, not a fixed size
-    assert [o.name for o in proto.graph.output] == ["probabilities"]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
 
 
 def test_a_second_export_is_version_2_and_leaves_version_1_untouched(full_runs, tmp_path):
@@ -87,7 +96,7 @@ def test_an_export_that_fails_parity_writes_no_version(full_runs, tmp_path, monk
     monkeypatch.setattr(export.pipeline, "write_onnx", write_a_wrong_onnx)
     with pytest.raises(
         ParityError,
-        match=r"resnet: onnx on cpu differs from eager PyTorch by "
+        match=r"resnet: onnxruntime on cpu differs from eager PyTorch by "
         r"[0-9.e-]+ at batch size \d+",
     ):
         export_model(runs / "resnet" / CHECKPOINT_NAME, tmp_path, progress=False)
@@ -100,7 +109,7 @@ def test_onnx_runs_in_onnxruntime_without_torch(exported, full_runs, tmp_path):
     np.save(tmp_path / "x.npy", x.numpy())
     script = f"""
 import sys, numpy as np, onnxruntime as ort
-s = ort.InferenceSession({str(exported / "transformer" / "1" / ONNX_NAME)!r},
+s = ort.InferenceSession({str(artifact(exported, "transformer"))!r},
                          providers=["CPUExecutionProvider"])
 x = np.load({str(tmp_path / "x.npy")!r})
 np.save({str(tmp_path / "y.npy")!r}, s.run(None, {{"input": x}})[0])
@@ -116,7 +125,7 @@ assert "torch" not in sys.modules, "torch was imported"
 def test_torchscript_loads_without_the_project_code(exported, tmp_path):
     script = f"""
 import sys, torch
-m = torch.jit.load({str(exported / "resnet" / "1" / TORCHSCRIPT_NAME)!r})
+m = torch.jit.load({str(artifact(exported, "resnet", "torchscript"))!r})
 for n in (1, 5, 100):
     assert m(torch.rand(n, 1, 8, 8) * 16).shape == (n, 10)
 assert not any(k.split(".")[0] in ("training", "export") for k in sys.modules)

@@ -9,8 +9,17 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import NAMES, held_out
 
-from load_tests.payloads import BINARY_HEADER, Case, check, request_body, weights
+from load_tests.payloads import (
+    BINARY_HEADER,
+    Case,
+    Served,
+    check,
+    request_body,
+    served_models,
+    weights,
+)
 from load_tests.servers import running_service
 
 
@@ -29,6 +38,8 @@ def run_load_test(service, tmp_path, *args: str) -> tuple[subprocess.CompletedPr
         "load_tests",
         "--url",
         service.url,
+        "--repository",
+        str(service.repository),
         "--reports",
         str(tmp_path),
         "--users",
@@ -118,13 +129,20 @@ def test_binary_v2_responses_are_checked_byte_for_byte():
     assert "binary_data_size 8 for 4 bytes" in check(case, short)
 
 
-def test_payloads_are_held_out_rows_in_each_protocol():
-    rows = np.arange(60, dtype=np.float32).reshape(2, 30)
-    body, headers = request_body("v2-binary", rows, "7")
+def test_payloads_are_the_repositorys_held_out_rows_in_each_protocol(exported):
+    model = Served(exported, "mlp")
+    assert served_models(exported) == NAMES
+    np.testing.assert_array_equal(model.examples, held_out("mlp")[: len(model.examples)])
+    rows = model.examples[:2]
+    body, headers = request_body("v2-binary", rows, "7", model.manifest)
     length = int(headers[BINARY_HEADER])
-    assert json.loads(body[:length])["inputs"][0]["shape"] == [2, 30]
+    header = json.loads(body[:length])
+    assert header["inputs"][0]["shape"] == [2, 30]
+    assert header["inputs"][0]["name"] == model.manifest.inputs[0].name
+    assert header["outputs"][0]["name"] == model.manifest.outputs[0].name
     assert np.array_equal(np.frombuffer(body[length:], "<f4").reshape(2, 30), rows)
-    assert json.loads(request_body("v1", rows, "7")[0])["instances"] == rows.tolist()
+    v1_body = request_body("v1", rows, "7", model.manifest)[0]
+    assert json.loads(v1_body)["instances"] == rows.tolist()
     assert weights("mlp=3,resnet=0", ["mlp", "resnet"]) == {"mlp": 3, "resnet": 0}
     with pytest.raises(ValueError, match="NAME=INTEGER"):
         weights("vgg=1", ["mlp"])

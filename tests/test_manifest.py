@@ -1,27 +1,32 @@
+"""The repository format (artifacts/manifest.py) against real exported versions."""
+
 import json
 import shutil
 
 import pytest
+from helpers import NAMES
 
-from export.manifest import (
+from artifacts.manifest import (
+    ARTIFACTS,
     MANIFEST_NAME,
-    ONNX_NAME,
     Manifest,
     ManifestError,
     read_manifest,
     verify_files,
     versions,
 )
-from training import REGISTRY
+from export.formats import INPUT_NAME, OUTPUT_NAME
+
+ONNX_NAME = ARTIFACTS["onnxruntime"].file_name
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", NAMES)
 def test_manifest_round_trips_through_its_schema(exported, name):
     manifest = read_manifest(exported / name / "1")
     again = Manifest.model_validate_json(manifest.model_dump_json())
     assert again == manifest
     assert manifest.name == name and manifest.version == 1
-    assert manifest.inputs[0].name == "input" and manifest.outputs[0].name == "probabilities"
+    assert manifest.inputs[0].name == INPUT_NAME and manifest.outputs[0].name == OUTPUT_NAME
     assert manifest.inputs[0].shape[0] == -1 and manifest.outputs[0].shape == [
         -1,
         len(manifest.labels),

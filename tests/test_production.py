@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from test_service import direct, rows
+from helpers import artifact, direct, rows, served
 
 from load_tests.payloads import request_body
 from load_tests.servers import START_TIMEOUT, free_port, running_service
@@ -151,7 +151,7 @@ def test_requests_running_at_sigterm_are_answered_and_late_ones_get_503_and_clos
     process, port = serve(exported, tmp_path / "service.log", models="resnet", **settings)
     try:
         x = rows("resnet", big)
-        body, headers = request_body("v2-binary", x, "slow")
+        body, headers = request_body("v2-binary", x, "slow", served(exported, "resnet").manifest)
         expected = direct(exported, "resnet", x)
         keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         keep_alive.request("GET", "/v2/health/live")
@@ -234,7 +234,7 @@ def test_a_model_that_cannot_load_stops_the_server_naming_it(exported, tmp_path)
     shutil.copytree(exported / "mlp", repository / "mlp")
     version = repository / "mlp" / "1"
     broken = b"not an ONNX graph"  # a file that passes its checksum but no runtime loads
-    (version / "model.onnx").write_bytes(broken)
+    artifact(repository, "mlp").write_bytes(broken)
     manifest = json.loads((version / "manifest.json").read_text())
     manifest["files"]["onnx"].update(sha256=hashlib.sha256(broken).hexdigest(), bytes=len(broken))
     (version / "manifest.json").write_text(json.dumps(manifest))
@@ -259,7 +259,9 @@ def test_the_queue_bound_holds_across_http_processes(exported, tmp_path):
         "max_body_bytes": 16 << 20,
     }
     with running_service(exported, tmp_path, models="resnet", **settings) as service:
-        body, headers = request_body("v2-binary", rows("resnet", big), "big")
+        body, headers = request_body(
+            "v2-binary", rows("resnet", big), "big", served(exported, "resnet").manifest
+        )
         peak, done = [0.0], threading.Event()
 
         def watch() -> None:
@@ -292,7 +294,9 @@ def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
     big = 16384
     settings = {"max_instances": big, "max_body_bytes": 8 << 20}
     with running_service(exported, tmp_path, models="resnet", **settings) as service:
-        body, headers = request_body("v2-binary", rows("resnet", big), "slow")
+        body, headers = request_body(
+            "v2-binary", rows("resnet", big), "slow", served(exported, "resnet").manifest
+        )
         port = int(service.url.rsplit(":", 1)[1])
         computed = service.metric("tensorgate_instances_total", model="resnet")
 
@@ -319,7 +323,9 @@ def test_past_the_drain_deadline_what_is_left_answers_503(exported, tmp_path):
     settings = {"max_instances": big, "max_body_bytes": 8 << 20, "drain_timeout": 1}
     process, port = serve(exported, tmp_path / "service.log", models="resnet", **settings)
     try:
-        body, headers = request_body("v2-binary", rows("resnet", big), "slow")
+        body, headers = request_body(
+            "v2-binary", rows("resnet", big), "slow", served(exported, "resnet").manifest
+        )
 
         def slow() -> tuple[int, bytes]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

@@ -3,12 +3,14 @@
 import subprocess
 import time
 
+import pytest
 import requests
-from tools import tool
+from helpers import rows, tool, v2_json
 
 from load_tests.servers import free_port
 
 
+@pytest.mark.tools("promtool")
 def test_promtool_accepts_the_metrics(service):
     assert service.post("/v1/models/mlp:predict", json={"instances": [[1.0] * 30]}).ok
     assert service.post("/v1/models/mlp:predict", json={"instances": [[1.0]]}).status_code == 400
@@ -27,6 +29,7 @@ def query(prometheus: str, expr: str) -> float | None:
     return float(values[0]["value"][1]) if values else None
 
 
+@pytest.mark.tools("prometheus")
 def test_a_real_prometheus_scrape_counts_the_same_requests(service, tmp_path):
     binary = tool("prometheus")
     target = service.url.removeprefix("http://")
@@ -49,14 +52,7 @@ def test_a_real_prometheus_scrape_counts_the_same_requests(service, tmp_path):
     )
     try:
         for _ in range(9):
-            assert service.post(
-                "/v2/models/mlp/infer",
-                json={
-                    "inputs": [
-                        {"name": "input", "datatype": "FP32", "shape": [1, 30], "data": [1.0] * 30}
-                    ]
-                },
-            ).ok
+            assert service.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).ok
         expected = service.metric(
             "tensorgate_requests_total", model="mlp", protocol="v2", code="200"
         )

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from export.manifest import MANIFEST_NAME, ManifestError
+from artifacts.manifest import MANIFEST_NAME, ManifestError
 from service.repository import load_models
 from service.settings import Settings
 

@@ -4,48 +4,14 @@ import concurrent.futures as cf
 import gzip
 import json
 import time
-from functools import cache
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import requests
 import tritonclient.http as httpclient
-from conftest import BATCH_TIMEOUT
+from helpers import BATCH_TIMEOUT, NAMES, direct, rows, served, v2_json
 
-from export.manifest import read_manifest
 from load_tests.payloads import request_body
-from training import REGISTRY
-
-NAMES = list(REGISTRY)
-
-
-@cache
-def held_out(name: str) -> np.ndarray:
-    return REGISTRY[name].dataset().test.x.numpy()
-
-
-def rows(name: str, n: int, start: int = 0) -> np.ndarray:
-    x = held_out(name)
-    return np.resize(x[start:], (n, *x.shape[1:]))  # cycles when n is beyond the split
-
-
-def direct(repository, name: str, x: np.ndarray) -> np.ndarray:
-    """ONNX Runtime run directly on the served artifact: the reference for every answer."""
-    session = ort.InferenceSession(
-        str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    return session.run(["probabilities"], {"input": x})[0]
-
-
-def v2_json(x: np.ndarray, **extra) -> dict:
-    tensor = {
-        "name": "input",
-        "datatype": "FP32",
-        "shape": list(x.shape),
-        "data": x.ravel().tolist(),
-    }
-    return {"inputs": [tensor], **extra}
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -54,24 +20,25 @@ def test_tritonclient_checks_health_reads_metadata_and_infers(service, exported,
     client = httpclient.InferenceServerClient(service.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(name) and client.is_model_ready(name, "1")
-    manifest = read_manifest(exported / name / "1")
+    manifest = served(exported, name).manifest
+    input_name, output_name = manifest.inputs[0].name, manifest.outputs[0].name
     metadata = client.get_model_metadata(name)
     assert metadata["inputs"] == [t.model_dump() for t in manifest.inputs]
     assert metadata["outputs"] == [t.model_dump() for t in manifest.outputs]
     assert metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
 
     x = rows(name, 9)
-    tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+    tensor = httpclient.InferInput(input_name, list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
-    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    wanted = httpclient.InferRequestedOutput(output_name, binary_data=binary)
     result = client.infer(name, [tensor], outputs=[wanted], request_id="req-7", model_version="1")
     assert result.get_response()["id"] == "req-7"
     assert result.get_response()["model_version"] == "1"
     expected = direct(exported, name, x)
-    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.as_numpy(output_name), expected, atol=1e-5, rtol=0)
     if binary:  # no outputs named: tritonclient asks for binary_data_output
         result = client.infer(name, [tensor])
-        np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(result.as_numpy(output_name), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -85,7 +52,7 @@ def test_v1_agrees_with_v2(service, exported, name):
         v2.json()["outputs"][0]["shape"]
     )
     np.testing.assert_allclose(p1, p2, atol=1e-7, rtol=0)
-    labels = read_manifest(exported / name / "1").labels
+    labels = served(exported, name).manifest.labels
     for prediction, row in zip(v1.json()["predictions"], p1, strict=True):
         assert prediction["index"] == int(row.argmax())
         assert prediction["label"] == labels[prediction["index"]]
@@ -107,7 +74,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(service, exp
         # 1,024 instances as binary tensors: queued at once, ~25 ms of compute each, so the
         # small requests arriving meanwhile queue up behind them whatever the machine's load.
         x = rows("resnet", 1024, start=i)
-        body, headers = request_body("v2-binary", x, str(i))
+        body, headers = request_body("v2-binary", x, str(i), served(exported, "resnet").manifest)
         r = service.post("/v2/models/resnet/infer", data=body, headers=headers)
         length = int(r.headers["Inference-Header-Content-Length"])
         return x, np.frombuffer(r.content[length:], "<f4").reshape(1024, 10)
@@ -142,55 +109,28 @@ def test_a_lone_request_does_not_wait_for_the_batch_timeout(service):
     assert float(np.median(latencies)) < BATCH_TIMEOUT / 5, latencies
 
 
-X30 = [[1.0] * 30]
 ONE_ROW = np.ones((1, 30), np.float32)
+DEEP = b"[" * 5000 + b"1" + b"]" * 5000
 
 
-def binary(header: dict, payload: bytes) -> dict:
+def binary(doc: dict, payload: bytes) -> dict:
     """A V2 binary-extension request: JSON header, then raw bytes, with the header's length."""
-    head = json.dumps(header).encode()
+    head = json.dumps(doc).encode()
     return {"data": head + payload, "headers": {"Inference-Header-Content-Length": str(len(head))}}
 
 
-def binary_input(size: int) -> dict:
-    tensor = {
-        "name": "input",
-        "datatype": "FP32",
-        "shape": [1, 30],
-        "parameters": {"binary_data_size": size},
-    }
-    return {"inputs": [tensor]}
-
-
+# End to end, a few of each kind: every parser case, for every model, is in test_protocol.py.
 # fmt: off
 BAD_REQUESTS = [
     ("v1 malformed JSON", "POST", "/v1/models/mlp:predict", {"data": b"{not json"}, 400, "not valid JSON"),
-    ("v1 body not an object", "POST", "/v1/models/mlp:predict", {"json": [1, 2]}, 400, "JSON object"),
-    ("v1 no instances", "POST", "/v1/models/mlp:predict", {"json": {}}, 400, '"instances"'),
-    ("v1 instances not a list", "POST", "/v1/models/mlp:predict", {"json": {"instances": 5}}, 400, "must be a list"),
-    ("v1 wrong shape", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expects [N, 30]"),
-    ("v1 ragged", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1] * 30, [1] * 29]}}, 400, "ragged"),
-    ("v1 strings", "POST", "/v1/models/mlp:predict", {"json": {"instances": [["a"] * 30]}}, 400, "only numbers"),
-    ("v1 booleans", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[True] * 30]}}, 400, "only numbers"),
-    ("v1 NaN", "POST", "/v1/models/mlp:predict", {"data": b'{"instances": [[NaN' + b", 1" * 29 + b"]]}"}, 400, "NaN or Inf"),
-    ("v1 beyond float32", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[1e39] * 30]}}, 400, "NaN or Inf"),
-    ("v1 no instances in list", "POST", "/v1/models/mlp:predict", {"json": {"instances": []}}, 400, "N >= 1"),
-    ("v1 too many instances", "POST", "/v1/models/mlp:predict", {"json": {"instances": X30 * 1025}}, 400, "at most 1024"),
-    ("v2 no inputs", "POST", "/v2/models/mlp/infer", {"json": {}}, 400, '"inputs"'),
-    ("v2 unknown input", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 30], "data": X30}]}}, 400, "unknown input 'x'"),
-    ("v2 wrong datatype", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 30], "data": X30}]}}, 400, "expects FP32"),
-    ("v2 wrong element count", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 30], "data": X30}]}}, 400, "needs 60"),
-    ("v2 wrong shape", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 31], "data": [1.0] * 31}]}}, 400, "expects [N, 30]"),
-    ("v2 shape not a list", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": "1x30", "data": X30}]}}, 400, '"shape"'),
-    ("v2 no data", "POST", "/v2/models/mlp/infer", {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30]}]}}, 400, '"data"'),
-    ("v2 unknown output", "POST", "/v2/models/mlp/infer", {"json": {**v2_json(ONE_ROW), "outputs": [{"name": "logits"}]}}, 400, "unknown output 'logits'"),
-    ("v2 id not a string", "POST", "/v2/models/mlp/infer", {"json": {**v2_json(ONE_ROW), "id": 7}}, 400, '"id"'),
-    ("v2 binary header not a number", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "ten"}}, 400, "must be an integer"),
+    ("v1 nested too deeply", "POST", "/v1/models/resnet:predict", {"data": b'{"instances": ' + DEEP + b"}"}, 400, "nested too deeply"),
+    ("v1 wrong shape", "POST", "/v1/models/transformer:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expects [N, 8, 8]"),
+    ("v1 too many instances", "POST", "/v1/models/mlp:predict", {"json": {"instances": ONE_ROW.tolist() * 1025}}, 400, "at most 1024"),
+    ("v2 wrong shape", "POST", "/v2/models/resnet/infer", {"json": v2_json(ONE_ROW)}, 400, "expects [N, 1, 8, 8]"),
+    ("versioned v2 wrong datatype", "POST", "/v2/models/mlp/versions/1/infer", {"json": {"inputs": [{**v2_json(ONE_ROW)["inputs"][0], "datatype": "INT64"}]}}, 400, "expects FP32"),
     ("v2 binary header too long", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99"}}, 400, "body has 2 bytes"),
-    ("v2 binary size wrong", "POST", "/v2/models/mlp/infer", binary(binary_input(8), bytes(8)), 400, "needs 120 bytes"),
-    ("v2 binary bytes missing", "POST", "/v2/models/mlp/infer", binary(binary_input(120), bytes(8)), 400, "binary bytes left"),
     ("v2 unused binary bytes", "POST", "/v2/models/mlp/infer", binary(v2_json(ONE_ROW), bytes(4)), 400, "4 bytes of binary data"),
-    ("v1 unknown model", "POST", "/v1/models/vgg:predict", {"json": {"instances": X30}}, 404, "unknown model 'vgg'"),
+    ("v1 unknown model", "POST", "/v1/models/vgg:predict", {"json": {"instances": ONE_ROW.tolist()}}, 404, "unknown model 'vgg'"),
     ("v2 unknown model", "POST", "/v2/models/vgg/infer", {"json": {}}, 404, "unknown model 'vgg'"),
     ("v2 unknown model metadata", "GET", "/v2/models/vgg", {}, 404, "served: mlp, resnet, transformer"),
     ("v2 unknown version", "POST", "/v2/models/mlp/versions/9/infer", {"json": v2_json(ONE_ROW)}, 404, "no version '9'"),

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as httpclient
-from test_service import direct, rows, v2_json
+from helpers import NAMES, artifact, direct, rows, tensors, v2_json
 
 from load_tests.servers import free_port, running_service
-from training import REGISTRY
 
 
 def test_a_full_queue_answers_503_with_retry_after(exported, tmp_path):
@@ -62,23 +61,25 @@ def test_the_api_key_guards_inference_and_metadata_but_not_health_or_metrics(exp
         for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
             assert s.get(path).status_code == 200, path
         client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
-        tensor = httpclient.InferInput("input", [1, 30], "FP32")
+        input_name, output_name = tensors(exported, "mlp")
+        tensor = httpclient.InferInput(input_name, [1, 30], "FP32")
         tensor.set_data_from_numpy(rows("mlp", 1))
         result = client.infer("mlp", [tensor], headers={"Authorization": "Bearer s3cret"})
         np.testing.assert_allclose(
-            result.as_numpy("probabilities"), direct(exported, "mlp", rows("mlp", 1)), atol=1e-5
+            result.as_numpy(output_name), direct(exported, "mlp", rows("mlp", 1)), atol=1e-5
         )
 
 
 def test_the_torchscript_backend_serves_the_same_answers(exported, tmp_path):
     with running_service(exported, tmp_path, backend="torchscript") as s:
         client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
-        for name in REGISTRY:
+        for name in NAMES:
             assert client.get_model_metadata(name)["platform"] == "pytorch_libtorch"
             x = rows(name, 70)  # beyond the max batch of 64: two device calls
-            tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+            input_name, output_name = tensors(exported, name)
+            tensor = httpclient.InferInput(input_name, list(x.shape), "FP32")
             tensor.set_data_from_numpy(x)
-            got = client.infer(name, [tensor]).as_numpy("probabilities")
+            got = client.infer(name, [tensor]).as_numpy(output_name)
             np.testing.assert_allclose(got, direct(exported, name, x), atol=1e-5, rtol=0)
             assert s.metric("tensorgate_model_info", model=name, backend="torchscript") == 1
 
@@ -88,18 +89,12 @@ def test_the_torchscript_backend_serves_the_same_answers(exported, tmp_path):
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
 def test_cuda_serves_where_a_gpu_is_present(exported, tmp_path, backend):
     with running_service(exported, tmp_path, device="cuda", backend=backend) as s:
-        for name in REGISTRY:
+        for name in NAMES:
             x = rows(name, 33)
             r = s.post(f"/v2/models/{name}/infer", json=v2_json(x))
             got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(33, -1)
             np.testing.assert_allclose(got, direct(exported, name, x), atol=1e-4, rtol=0)
             assert s.metric("tensorgate_model_info", model=name, device="cuda:0") == 1
-
-
-def test_the_driver_check_agrees_with_torch():
-    from service.backends import cuda_devices
-
-    assert cuda_devices() == torch.cuda.device_count()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
@@ -125,7 +120,7 @@ def start_refused(repository, *args) -> subprocess.CompletedProcess:
 def test_a_tampered_artifact_stops_start_up_naming_the_file(exported, tmp_path):
     repository = tmp_path / "repo"
     shutil.copytree(exported, repository)
-    onnx = repository / "resnet" / "1" / "model.onnx"
+    onnx = artifact(repository, "resnet")
     data = bytearray(onnx.read_bytes())
     data[-100] ^= 0xFF
     onnx.write_bytes(bytes(data))

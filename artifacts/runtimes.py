@@ -1,5 +1,6 @@
-"""Inference backends: one small interface, two implementations, chosen by the manifest or
-settings (never by probing imports or file extensions).
+"""The runtimes that run an artifact: one small interface, one implementation per backend,
+chosen by the manifest or settings (never by probing imports or file extensions). The
+service serves through them and export proves its artifacts through them.
 
 Each call of `infer` is one device call for the whole batch: the input is copied to the
 device once and the probabilities back once.
@@ -15,12 +16,11 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import INPUT_NAME, OUTPUT_NAME
-from export.manifest import Backend as BackendName
+from .manifest import Backend
 
 
-class Backend(Protocol):
-    name: BackendName
+class Runtime(Protocol):
+    name: Backend
     device: str  # "cpu" or "cuda:N"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -53,8 +53,8 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-class OnnxRuntimeBackend:
-    name: BackendName = "onnxruntime"
+class OrtRuntime:
+    name: Backend = "onnxruntime"
 
     def __init__(self, path: Path, device: str, threads: int) -> None:
         self.device = device
@@ -75,13 +75,16 @@ class OnnxRuntimeBackend:
         if self.session.get_providers()[0] != wanted:
             # ORT falls back to the CPU silently when CUDA libraries are missing.
             raise RuntimeError(f"ONNX Runtime could not start {wanted} for {path}")
+        # the graph's own tensor names: one input, one output
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        return self.session.run([self.output], {self.input: batch})[0]
 
 
-class TorchScriptBackend:
-    name: BackendName = "torchscript"
+class TorchScriptRuntime:
+    name: Backend = "torchscript"
 
     def __init__(self, path: Path, device: str, threads: int) -> None:
         import torch  # here only: see the module's docstring
@@ -101,11 +104,11 @@ class TorchScriptBackend:
             return self.module(x).cpu().numpy()
 
 
-BACKENDS: dict[BackendName, type[OnnxRuntimeBackend] | type[TorchScriptBackend]] = {
-    "onnxruntime": OnnxRuntimeBackend,
-    "torchscript": TorchScriptBackend,
+RUNTIMES: dict[Backend, type[OrtRuntime] | type[TorchScriptRuntime]] = {
+    "onnxruntime": OrtRuntime,
+    "torchscript": TorchScriptRuntime,
 }
 
 
-def load_backend(name: BackendName, path: Path, device: str, threads: int) -> Backend:
-    return BACKENDS[name](path, device, threads)
+def load_runtime(backend: Backend, path: Path, device: str, threads: int) -> Runtime:
+    return RUNTIMES[backend](path, device, threads)

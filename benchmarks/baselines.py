@@ -1,8 +1,8 @@
 """The servers tensorgate is measured against, each as a user of the seed tutorials would write
 it. Every one takes the same V1 body, {"instances": [...]}, on /v1/models/<model>:predict.
 
-    python -m load_tests.bench_servers floor|naive-def|naive-async --models mlp resnet --port P
-    python -m load_tests.bench_servers litserve --models mlp --port P [--runs runs]
+    python -m benchmarks.baselines floor|naive-def|naive-async --models mlp resnet --port P
+    python -m benchmarks.baselines litserve --models mlp --port P [--runs runs]
 """
 
 import argparse

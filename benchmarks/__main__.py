@@ -1,8 +1,8 @@
 """The side-by-side benchmark: each server on loopback, one at a time, driven by wrk at several
 concurrencies for every model; plus each backend's in-process batched throughput (no HTTP).
 
-    python -m load_tests.bench                       # make bench: everything, 3 rounds, ~90 min
-    python -m load_tests.bench --models mlp --servers floor --concurrency 1 --duration 1
+    python -m benchmarks                       # make bench: everything, 3 rounds, ~90 min
+    python -m benchmarks --models mlp --servers floor --concurrency 1 --duration 1
 
 Besides the three served models it measures resnet-cifar, the same ResNet at 3x32x32 with
 (in effect) random weights, where compute dominates. It is trained and exported through the
@@ -32,15 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, versions
+from artifacts.manifest import ARTIFACTS, BACKENDS, read_manifest, versions
+from artifacts.runtimes import load_runtime
 from export.pipeline import export_model
-from service.backends import load_backend
+from load_tests.payloads import request_body
+from load_tests.servers import free_port, running, running_service
 from service.settings import MAX_DEFAULT_API_SERVERS
 from training import registry, train_and_save
 from training.checkpoint import CHECKPOINT_NAME
-
-from .payloads import request_body
-from .servers import free_port, running, running_service
 
 SERVERS = (
     "floor",
@@ -135,10 +134,11 @@ def wrk(url: str, body: bytes, headers: dict, concurrency: int, seconds: float) 
     return rps, latency("50"), latency("99"), errors
 
 
-def bodies(model: str) -> dict[str, tuple[bytes, dict]]:
+def bodies(args, model: str) -> dict[str, tuple[bytes, dict]]:
     """One held-out instance, as V1 JSON and as V2 binary."""
     x = registry.get(model).dataset().test.x.numpy()[:1]
-    return {"v1": request_body("v1", x, "1"), "v2-binary": request_body("v2-binary", x, "1")}
+    manifest = read_manifest(served_version(repository(args, model), model))
+    return {p: request_body(p, x, "1", manifest) for p in ("v1", "v2-binary")}
 
 
 def repository(args, model: str) -> Path:
@@ -177,7 +177,7 @@ def server(name: str, models: list[str], runs: Path, repository: Path, logs: Pat
     command = [
         sys.executable,
         "-m",
-        "load_tests.bench_servers",
+        "benchmarks.baselines",
         name,
         "--port",
         str(port),
@@ -199,7 +199,7 @@ def torchserve(models: list[str], repository: Path, logs: Path) -> Iterator[str]
     store = Path(tempfile.mkdtemp(prefix="torchserve-", dir=logs))
     handler = Path(__file__).with_name("torchserve_handler.py")
     for model in models:
-        serialized = served_version(repository, model) / TORCHSCRIPT_NAME
+        serialized = served_version(repository, model) / ARTIFACTS["torchscript"].file_name
         subprocess.run(
             [str(TORCHSERVE.with_name("torch-model-archiver")), "--model-name", model,
              "--version", "1", "--serialized-file", str(serialized), "--handler", str(handler),
@@ -267,7 +267,7 @@ def measure_servers(args) -> list[Point]:
         for models in groups:
             with server(name, models, args.runs, repository(args, models[0]), args.logs) as url:
                 for model in models:
-                    for protocol, (body, headers) in bodies(model).items():
+                    for protocol, (body, headers) in bodies(args, model).items():
                         if protocol == "v2-binary" and not name.startswith("tensorgate"):
                             continue
                         url_path = path(name, protocol, model)
@@ -296,7 +296,7 @@ def by_repository(args) -> list[list[str]]:
 def measure_idle_penalty(args) -> dict:
     """p50 of one connection's mlp requests with a 50 ms batch timeout, and with batching off
     (max batch 1): what the batch timeout costs a client on an idle server."""
-    body, headers = bodies("mlp")["v1"]
+    body, headers = bodies(args, "mlp")["v1"]
     p50 = {}
     for label, settings in (
         ("batch_timeout_50ms", {"batch_timeout": 0.05}),
@@ -344,8 +344,9 @@ def measure_ceiling(args) -> list[dict]:
     for model in args.models:
         x = registry.get(model).dataset().test.x.numpy()
         version_dir = served_version(repository(args, model), model)
-        for backend, file in (("onnxruntime", ONNX_NAME), ("torchscript", TORCHSCRIPT_NAME)):
-            runner = load_backend(backend, version_dir / file, "cpu", threads=1)
+        for backend in BACKENDS:
+            path = version_dir / ARTIFACTS[backend].file_name
+            runner = load_runtime(backend, path, "cpu", threads=1)
             for batch in CEILING_BATCHES:
                 xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
                 for _ in range(20):
@@ -378,7 +379,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m load_tests.bench",
+        prog="python -m benchmarks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args.logs = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
     prepare_benchmark_models(args)
 
-    from .bench_report import write_report  # matplotlib only when there is something to plot
+    from .report import write_report  # matplotlib only when there is something to plot
 
     rounds, ceilings, idles, footprints = [], [], [], []
     for n in range(1, args.rounds + 1):

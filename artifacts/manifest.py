@@ -1,9 +1,10 @@
-"""The model repository's format: `manifest.json`'s schema, file hashing and version lookup.
+"""The model repository's format: `manifest.json`'s schema, the backend names and the file
+each backend loads, file hashing and version lookup.
 
-Export writes this format and the service reads it. This is the one module of `export/`
-the service may import, so it imports neither torch nor the training code.
+Export writes this format and the service reads it; it imports neither (nor torch).
 
-    model_repository/<model>/<version>/{model.onnx, model.torchscript.pt, manifest.json}
+    model_repository/<model>/<version>/{model.onnx, model.torchscript.pt, examples.npy,
+                                        manifest.json}
 
 A version folder without a valid manifest is not a version: export writes the manifest last,
 into a staging folder that is renamed into place whole.
@@ -13,18 +14,31 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_NAME = "manifest.json"
-INPUT_NAME = "input"  # every exported graph's one input tensor
-OUTPUT_NAME = "probabilities"  # and its one output
-ONNX_NAME = "model.onnx"
-TORCHSCRIPT_NAME = "model.torchscript.pt"
+EXAMPLES_NAME = "examples.npy"  # held-out inputs, (N, *input) float32, for load tests and docs
 SCHEMA_VERSION = 1
 
+# The one backend vocabulary: serving settings, metrics, parity and the runtimes all use it.
 Backend = Literal["onnxruntime", "torchscript"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+
+class Artifact(NamedTuple):
+    """The file a backend loads."""
+
+    key: str  # its entry in the manifest's "files" (the format's name)
+    file_name: str  # what export names it in a version folder
+    platform: str  # Triton's name for the pair, given in V2 model metadata
+
+
+ARTIFACTS: dict[Backend, Artifact] = {
+    "onnxruntime": Artifact("onnx", "model.onnx", "onnxruntime_onnx"),
+    "torchscript": Artifact("torchscript", "model.torchscript.pt", "pytorch_libtorch"),
+}
 
 
 class ManifestError(ValueError):
@@ -50,6 +64,7 @@ class FileEntry(_Strict):
 class Files(_Strict):
     onnx: FileEntry
     torchscript: FileEntry
+    examples: FileEntry | None = None  # EXAMPLES_NAME; absent in manifests older than it
 
 
 class Parity(_Strict):
@@ -73,8 +88,8 @@ class Manifest(_Strict):
     inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     files: Files
-    metrics: dict[str, dict[str, float]]  # backend -> {"accuracy": held-out accuracy}
-    parity: dict[str, Parity]  # "torchscript", "onnx" (CPU); "*_cuda" where a GPU verified
+    metrics: dict[str, dict[str, float]]  # "eager" or a backend -> {"accuracy": held-out}
+    parity: dict[str, Parity]  # each backend on the CPU; "<backend>_cuda" where a GPU verified
     serving: Serving = Serving()
     config: dict[str, Any]  # the model's config dataclass, as saved with the checkpoint
     source: dict[str, Any] = {}  # the checkpoint it came from, and its sha256
@@ -87,6 +102,10 @@ class Manifest(_Strict):
         if width != len(self.labels):
             raise ValueError(f"{len(self.labels)} labels for an output of width {width}")
         return self
+
+    def artifact(self, backend: Backend) -> FileEntry:
+        """The file entry `backend` loads."""
+        return getattr(self.files, ARTIFACTS[backend].key)
 
 
 def sha256_file(path: Path) -> str:
@@ -119,7 +138,8 @@ def read_manifest(version_dir: Path) -> Manifest:
 
 def verify_files(version_dir: Path, manifest: Manifest) -> None:
     """Check every file's size and sha256 against the manifest; raise naming the first bad one."""
-    for entry in (manifest.files.onnx, manifest.files.torchscript):
+    listed = (manifest.files.onnx, manifest.files.torchscript, manifest.files.examples)
+    for entry in filter(None, listed):
         path = version_dir / entry.path
         if not path.is_file():
             raise ManifestError(f"{path}: missing (listed in {MANIFEST_NAME})")

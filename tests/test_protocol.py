@@ -1,0 +1,195 @@
+"""protocol.py's parsers on their own, for every registered model: good bodies come back as the
+same float32 batch, and each bad body raises BadRequest (400) saying what was wrong. No server:
+the HTTP suite (test_service.py) keeps a smaller table end to end."""
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from helpers import NAMES
+
+from export.formats import INPUT_NAME, OUTPUT_NAME
+from service.errors import BadRequest
+from service.protocol import Signature, encode_v1, encode_v2, parse_v1, parse_v2
+from training import REGISTRY
+
+MAX_INSTANCES = 8
+DEEP = 5000  # levels of nesting: past json's and numpy's recursion limits
+
+
+def signature(name: str) -> Signature:
+    dataset = REGISTRY[name].dataset()
+    return Signature(
+        model=name,
+        version=1,
+        input_name=INPUT_NAME,
+        input_shape=dataset.input_shape,
+        output_name=OUTPUT_NAME,
+        labels=dataset.labels,
+        max_instances=MAX_INSTANCES,
+    )
+
+
+SIGNATURES = {name: signature(name) for name in NAMES}
+
+
+def batch(sig: Signature, n: int = 1, value: float = 1.0) -> list:
+    return np.full((n, *sig.input_shape), value, np.float32).tolist()
+
+
+def size(sig: Signature) -> int:
+    return math.prod(sig.input_shape)
+
+
+def tensor(sig: Signature, n: int = 1, **fields) -> dict:
+    base = {"name": INPUT_NAME, "datatype": "FP32", "shape": [n, *sig.input_shape]}
+    return {**base, "data": [1.0] * (n * size(sig)), **fields}
+
+
+def v2(doc: dict) -> tuple[bytes, None]:
+    return json.dumps(doc).encode(), None
+
+
+def binary(doc: dict, raw: bytes) -> tuple[bytes, str]:
+    head = json.dumps(doc).encode()
+    return head + raw, str(len(head))
+
+
+def binary_tensor(sig: Signature, nbytes: int, n: int = 1) -> dict:
+    shape = [n, *sig.input_shape]
+    params = {"binary_data_size": nbytes}
+    return {
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": shape, "parameters": params}]
+    }
+
+
+Body = Callable[[Signature], bytes]
+V2Body = Callable[[Signature], tuple[bytes, str | None]]
+
+
+def dumps(doc) -> bytes:
+    return json.dumps(doc).encode()
+
+
+# fmt: off
+BAD_V1: list[tuple[str, Body, str]] = [
+    ("malformed JSON", lambda s: b"{not json", "not valid JSON"),
+    ("empty body", lambda s: b"", "not valid JSON"),
+    ("not UTF-8", lambda s: b"\xff\xfe{}", "not valid JSON"),
+    ("a list", lambda s: b"[1, 2]", "must be a JSON object, got list"),
+    ("a string", lambda s: b'"x"', "must be a JSON object, got str"),
+    ("no instances", lambda s: b"{}", 'needs "instances"'),
+    ("instances a number", lambda s: b'{"instances": 5}', '"instances" must be a list'),
+    ("instances an object", lambda s: b'{"instances": {"a": 1}}', '"instances" must be a list'),
+    ("no instance", lambda s: b'{"instances": []}', "with N >= 1"),
+    ("one value too many", lambda s: dumps({"instances": [np.ones(size(s) + 1).tolist()]}), "expects"),
+    ("one flat instance", lambda s: dumps({"instances": [1.0] * size(s)}), "expects"),
+    ("an extra axis", lambda s: dumps({"instances": [batch(s)]}), "expects"),
+    ("ragged", lambda s: dumps({"instances": [batch(s)[0], [1.0]]}), "ragged"),
+    ("strings", lambda s: dumps({"instances": [["a"] * size(s)]}), "only numbers"),
+    ("booleans", lambda s: dumps({"instances": [[True] * size(s)]}), "only numbers"),
+    ("nulls", lambda s: dumps({"instances": [[None] * size(s)]}), "only numbers"),
+    ("objects", lambda s: dumps({"instances": [{"x": 1}]}), "only numbers"),
+    ("NaN", lambda s: dumps({"instances": batch(s, value=math.nan)}), "NaN or Inf"),
+    ("Infinity", lambda s: dumps({"instances": batch(s, value=math.inf)}), "NaN or Inf"),
+    ("-Infinity", lambda s: dumps({"instances": batch(s, value=-math.inf)}), "NaN or Inf"),
+    ("beyond float32", lambda s: dumps({"instances": np.full((1, size(s)), 1e39).reshape(1, *s.input_shape).tolist()}), "NaN or Inf"),
+    ("too many instances", lambda s: dumps({"instances": batch(s, MAX_INSTANCES + 1)}), f"at most {MAX_INSTANCES}"),
+    ("nested too deeply", lambda s: b'{"instances": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}", "nested too deeply"),
+]
+
+BAD_V2: list[tuple[str, V2Body, str]] = [
+    ("malformed JSON", lambda s: (b"{not json", None), "not valid JSON"),
+    ("not an object", lambda s: (b"[]", None), "must be a JSON object"),
+    ("no inputs", lambda s: v2({}), '"inputs" must be a list of one tensor'),
+    ("inputs an object", lambda s: v2({"inputs": tensor(s)}), '"inputs" must be a list of one tensor'),
+    ("two inputs", lambda s: v2({"inputs": [tensor(s), tensor(s)]}), '"inputs" must be a list of one tensor'),
+    ("input a string", lambda s: v2({"inputs": ["x"]}), "must be an object"),
+    ("unknown input", lambda s: v2({"inputs": [tensor(s, name="x")]}), "unknown input 'x'"),
+    ("no input name", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "name"}]}), "unknown input None"),
+    ("wrong datatype", lambda s: v2({"inputs": [tensor(s, datatype="INT64")]}), "expects FP32"),
+    ("no datatype", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "datatype"}]}), "expects FP32"),
+    ("shape a string", lambda s: v2({"inputs": [tensor(s, shape="1x30")]}), '"shape"'),
+    ("negative dimension", lambda s: v2({"inputs": [tensor(s, shape=[-1, *s.input_shape])]}), '"shape"'),
+    ("boolean dimension", lambda s: v2({"inputs": [tensor(s, shape=[True, *s.input_shape])]}), '"shape"'),
+    ("no shape", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "shape"}]}), '"shape"'),
+    ("wrong element count", lambda s: v2({"inputs": [tensor(s, shape=[2, *s.input_shape])]}), "needs"),
+    ("right count, wrong shape", lambda s: v2({"inputs": [tensor(s, shape=[1, size(s)])] if len(s.input_shape) > 1 else [tensor(s, shape=[size(s), 1])]}), "expects"),
+    ("no data", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "data"}]}), '"data"'),
+    ("string data", lambda s: v2({"inputs": [tensor(s, data=["a"] * size(s))]}), "only numbers"),
+    ("ragged data", lambda s: v2({"inputs": [tensor(s, data=[[1.0], [1.0, 2.0]])]}), "ragged"),
+    ("NaN data", lambda s: v2({"inputs": [tensor(s, data=[math.nan] * size(s))]}), "NaN or Inf"),
+    ("no instance", lambda s: v2({"inputs": [tensor(s, n=0)]}), "with N >= 1"),
+    ("too many instances", lambda s: v2({"inputs": [tensor(s, n=MAX_INSTANCES + 1)]}), f"at most {MAX_INSTANCES}"),
+    ("data nested too deeply", lambda s: (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}]}", None), "nested too deeply"),
+    ("unknown output", lambda s: v2({"inputs": [tensor(s)], "outputs": [{"name": "logits"}]}), "unknown output 'logits'"),
+    ("output a string", lambda s: v2({"inputs": [tensor(s)], "outputs": ["x"]}), "unknown output 'x'"),
+    ("id a number", lambda s: v2({"inputs": [tensor(s)], "id": 7}), '"id" must be a string'),
+    ("header length not a number", lambda s: (b"{}", "ten"), "must be an integer"),
+    ("header length zero", lambda s: (b"{}", "0"), "the body has 2 bytes"),
+    ("header length beyond the body", lambda s: (b"{}", "99"), "the body has 2 bytes"),
+    ("binary size wrong", lambda s: binary(binary_tensor(s, 8), bytes(8)), "needs"),
+    ("binary size a string", lambda s: binary(binary_tensor(s, "8"), bytes(8)), "binary_data_size is '8'"),
+    ("binary bytes missing", lambda s: binary(binary_tensor(s, 4 * size(s)), bytes(8)), "binary bytes left"),
+    ("binary bytes unused", lambda s: binary({"inputs": [tensor(s)]}, bytes(4)), "4 bytes of binary data"),
+    ("binary NaN", lambda s: binary(binary_tensor(s, 4 * size(s)), np.full(size(s), np.nan, "<f4").tobytes()), "NaN or Inf"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("case", "body", "says"), BAD_V1, ids=[c[0] for c in BAD_V1])
+def test_a_bad_v1_body_is_a_400_naming_the_problem(name, case, body, says):
+    with pytest.raises(BadRequest) as raised:
+        parse_v1(body(SIGNATURES[name]), SIGNATURES[name])
+    assert raised.value.status_code == 400 and says in raised.value.detail
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("case", "body", "says"), BAD_V2, ids=[c[0] for c in BAD_V2])
+def test_a_bad_v2_body_is_a_400_naming_the_problem(name, case, body, says):
+    content, header = body(SIGNATURES[name])
+    with pytest.raises(BadRequest) as raised:
+        parse_v2(content, header, SIGNATURES[name])
+    assert raised.value.status_code == 400 and says in raised.value.detail
+
+
+def test_the_tables_cover_at_least_40_bad_inputs():
+    assert len(BAD_V1) + len(BAD_V2) >= 40
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_good_bodies_give_back_the_same_batch_in_every_encoding(name):
+    sig = SIGNATURES[name]
+    x = np.random.default_rng(0).uniform(0, 16, (3, *sig.input_shape)).astype(np.float32)
+    np.testing.assert_array_equal(parse_v1(dumps({"instances": x.tolist()}), sig), x)
+    doc = {"id": "a", "inputs": [tensor(sig, n=3, data=x.ravel().tolist())]}
+    parsed = parse_v2(dumps(doc), None, sig)
+    np.testing.assert_array_equal(parsed.x, x)
+    assert (parsed.id, parsed.binary_output) == ("a", False)
+    nested = {"inputs": [tensor(sig, n=3, data=x.tolist())]}  # nested data is row-major too
+    np.testing.assert_array_equal(parse_v2(dumps(nested), None, sig).x, x)
+    wanted = [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}]
+    body, header = binary({**binary_tensor(sig, x.nbytes, n=3), "outputs": wanted}, x.tobytes())
+    parsed = parse_v2(body, header, sig)
+    np.testing.assert_array_equal(parsed.x, x)
+    assert parsed.binary_output
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_answers_are_encoded_with_labels_and_exact_bytes(name):
+    sig = SIGNATURES[name]
+    p = np.random.default_rng(1).dirichlet(np.ones(len(sig.labels)), 4).astype(np.float32)
+    predictions = json.loads(encode_v1(p, sig))["predictions"]
+    assert [r["label"] for r in predictions] == [sig.labels[i] for i in p.argmax(axis=1)]
+    assert [r["index"] for r in predictions] == p.argmax(axis=1).tolist()
+    request = parse_v2(*binary(binary_tensor(sig, 4 * size(sig)), bytes(4 * size(sig))), sig)
+    request = type(request)(x=request.x, id="q", binary_output=True)
+    content, headers = encode_v2(p, sig, request)
+    length = int(headers["Inference-Header-Content-Length"])
+    doc = json.loads(content[:length])
+    assert (doc["model_name"], doc["model_version"], doc["id"]) == (name, "1", "q")
+    assert doc["outputs"][0]["parameters"]["binary_data_size"] == p.nbytes
+    np.testing.assert_array_equal(np.frombuffer(content[length:], "<f4").reshape(p.shape), p)

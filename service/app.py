@@ -1,7 +1,5 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
-import logging
-
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,34 +11,26 @@ from artifacts.runtimes import resolve_device
 from .api import ModelAPI
 from .auth import check_api_key
 from .engine import Engine, EngineServer
-from .errors import BadRequest, NotFound, error_response
+from .errors import MethodNotAllowed, NotFound, error_response, to_response
 from .fastpath import InferenceFastPath
 from .metrics import QueueCollector, render
+from .openapi import document
 from .repository import ServedModel
-from .schemas import document
+from .routes import allowed_methods
 from .settings import Settings
 from .spec import KServeSpec
 
-logger = logging.getLogger(__name__)
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error answers {"error": "..."} (the V2 convention), never FastAPI's {"detail"}."""
 
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return to_response(exc, request.method, request.url.path)
 
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(BadRequest.status, f"invalid request: {exc.errors()}")
-
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error; the server logged the details")
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, internal)
+    for kind in (StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, handle)
 
 
 def add_server_routes(
@@ -74,11 +64,14 @@ def add_server_routes(
     # Registered after every model's routes, so they answer only what no model matched.
     async def unknown(request: Request, model: str) -> Response:
         name = model.split(":", 1)[0]
-        if name in served:
-            raise NotFound(f"no endpoint {request.method} {request.url.path}")
-        raise NotFound(f"unknown model {name!r}; served: {', '.join(served)}")
+        if name not in served:
+            raise NotFound(f"unknown model {name!r}; served: {', '.join(served)}")
+        allowed = allowed_methods(request.url.path)
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
+        raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
-    methods = ["GET", "POST"]
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     for path in ("/v1/models/{model}", "/v2/models/{model}", "/v2/models/{model}/{rest:path}"):
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
 
@@ -104,5 +97,5 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )
-    document(server.app, SERVER["name"], SERVER["version"], description)
+    document(server.app, SERVER["name"], SERVER["version"], description, [m.name for m in models])
     return server

@@ -4,6 +4,7 @@
     ├── BadRequest          400  malformed JSON or binary header, wrong shape/dtype/count, NaN/Inf
     ├── Unauthorized        401  missing or wrong API key
     ├── NotFound            404  unknown model or version
+    ├── MethodNotAllowed    405  a method the path does not take (Allow lists those it does)
     ├── PayloadTooLarge     413  body over TENSORGATE_MAX_BODY_BYTES
     ├── UnsupportedMedia    415  a Content-Encoding the service does not decode
     ├── ClientGone          499  the client disconnected before its answer (never sent)
@@ -16,11 +17,19 @@
 The body is always `{"error": "<what is wrong and what was expected>"}` (the V2 convention).
 """
 
+import logging
+
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceError(HTTPException):
+    """An error the client is told about (the docstrings below go into /openapi.json)."""
+
     status: int = 500
     reason: str = "inference_error"  # the tensorgate_rejections_total label
 
@@ -29,11 +38,15 @@ class ServiceError(HTTPException):
 
 
 class BadRequest(ServiceError):
+    """Invalid request: malformed body, wrong shape, datatype or count, NaN or Inf."""
+
     status = 400
     reason = "bad_request"
 
 
 class Unauthorized(ServiceError):
+    """API key missing or wrong (when TENSORGATE_API_KEY is set)."""
+
     status = 401
     reason = "unauthorized"
 
@@ -42,31 +55,54 @@ class Unauthorized(ServiceError):
 
 
 class NotFound(ServiceError):
+    """Unknown model or version."""
+
     status = 404
     reason = "not_found"
 
 
+class MethodNotAllowed(ServiceError):
+    """The path takes other methods; Allow lists them."""
+
+    status = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, what: str, allowed: list[str]) -> None:
+        message = f"{what}: method not allowed; this path takes {', '.join(allowed)}"
+        super().__init__(message, headers={"Allow": ", ".join(allowed)})
+
+
 class PayloadTooLarge(ServiceError):
+    """Body over TENSORGATE_MAX_BODY_BYTES."""
+
     status = 413
     reason = "too_large"
 
 
 class UnsupportedMedia(ServiceError):
+    """A Content-Encoding other than gzip, deflate or identity."""
+
     status = 415
     reason = "unsupported_media"
 
 
 class ClientGone(ServiceError):
+    """The client left before its answer; counted, never sent."""
+
     status = 499  # nginx's "client closed request": counted, never sent
     reason = "client_gone"
 
 
 class InferenceFailed(ServiceError):
+    """The model raised while running the batch."""
+
     status = 500
     reason = "inference_error"
 
 
 class Overloaded(ServiceError):
+    """The model's queue is full; Retry-After says when to retry."""
+
     status = 503
     reason = "overloaded"
 
@@ -75,10 +111,14 @@ class Overloaded(ServiceError):
 
 
 class Unavailable(Overloaded):
+    """The model's worker died or is (re)starting."""
+
     reason = "unavailable"
 
 
 class ShuttingDown(ServiceError):
+    """The server is draining."""
+
     status = 503
     reason = "shutting_down"
 
@@ -87,6 +127,8 @@ class ShuttingDown(ServiceError):
 
 
 class Timeout(ServiceError):
+    """No answer within TENSORGATE_REQUEST_TIMEOUT."""
+
     status = 504
     reason = "timeout"
 
@@ -99,3 +141,15 @@ def for_status(status: int, message: str) -> ServiceError:
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def to_response(exc: Exception, method: str, path: str) -> JSONResponse:
+    """What the client gets for an exception, everywhere (FastAPI's handlers, the fast path):
+    an HTTP error's status, message and headers; 400 for FastAPI's own validation; else a
+    logged 500 that names no internals."""
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    if isinstance(exc, RequestValidationError):
+        return error_response(BadRequest.status, f"invalid request: {exc.errors()}")
+    logger.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(500, "internal server error; the server logged the details")

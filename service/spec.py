@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from artifacts.manifest import ARTIFACTS
 
@@ -23,10 +24,12 @@ from .errors import (
     PayloadTooLarge,
     ServiceError,
     UnsupportedMedia,
+    error_response,
 )
 from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
 from .repository import ServedModel
+from .routes import MODEL_ROUTES
 from .settings import Settings
 
 
@@ -79,18 +82,9 @@ class KServeSpec(LitSpec):
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
         self._children: dict[tuple[str, int], tuple] = {}
-        v1, v2 = f"/v1/models/{model.name}", f"/v2/models/{model.name}"
-        for path, endpoint, method in (
-            (f"{v1}:predict", self.v1_predict, "POST"),
-            (v1, self.v1_status, "GET"),
-            (f"{v2}/infer", self.v2_infer, "POST"),
-            (f"{v2}/versions/{{version}}/infer", self.v2_infer, "POST"),
-            (v2, self.v2_metadata, "GET"),
-            (f"{v2}/versions/{{version}}", self.v2_metadata, "GET"),
-            (f"{v2}/ready", self.v2_ready, "GET"),
-            (f"{v2}/versions/{{version}}/ready", self.v2_ready, "GET"),
-        ):
-            self.add_endpoint(path, endpoint, [method])
+        for route in MODEL_ROUTES:  # {version} stays a FastAPI path parameter
+            path = route.path.format(model=model.name, version="{version}")
+            self.add_endpoint(path, getattr(self, route.handler), [route.method])
 
     # -- state -------------------------------------------------------------------------
 
@@ -189,5 +183,6 @@ class KServeSpec(LitSpec):
     async def v2_ready(self, request: Request, version: str | None = None) -> Response:
         """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""
         self._check_version(version)
-        ready = await self.ready()
-        return Response(status_code=200 if ready else 503, content=b"" if ready else b"not ready")
+        if not await self.ready():
+            return error_response(503, f"model '{self.model.name}' is loading or restarting")
+        return JSONResponse({"name": self.model.name, "ready": True})

@@ -240,25 +240,55 @@ def test_docs_and_openapi_name_the_request_and_response_models(service):
         spec["components"]["schemas"]
     )
     assert "mlp v1" in spec["info"]["description"]
+    ready = spec["paths"]["/v2/models/mlp/ready"]["get"]
+    assert set(ready["responses"]) == {"200", "404", "503"} and ready["parameters"] == []
+    assert ready["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ModelReady"
+    )
+    assert {"200", "400", "401", "404", "413", "415", "500", "503", "504"} == set(v2["responses"])
+    assert [p["name"] for p in v2["parameters"]] == ["version"]
 
 
-def test_the_fast_path_and_fastapis_route_answer_alike(service):
-    """/v2/models/m/infer takes the fast path (fastpath.py); /versions/1/infer goes through
-    FastAPI. Same answers, same errors, same gzip; other methods still reach FastAPI."""
+def test_the_versioned_and_unversioned_infer_routes_answer_alike(service):
+    """Both take the fast path (fastpath.py) for the served version; any other version goes
+    through FastAPI. Same answers, same errors, same gzip."""
     ok, bad = v2_json(rows("resnet", 40)), {"inputs": []}
     headers = {"Accept-Encoding": "gzip"}
-    fast = [service.post("/v2/models/resnet/infer", json=b, headers=headers) for b in (ok, bad)]
-    slow = [
-        service.post("/v2/models/resnet/versions/1/infer", json=b, headers=headers)
-        for b in (ok, bad)
+    answers = [
+        [service.post(path, json=b, headers=headers) for b in (ok, bad)]
+        for path in ("/v2/models/resnet/infer", "/v2/models/resnet/versions/1/infer")
     ]
-    for f, s in zip(fast, slow, strict=True):
-        assert (f.status_code, f.headers["content-type"]) == (
-            s.status_code,
-            s.headers["content-type"],
-        )
-        assert f.json() == s.json()
-    assert fast[0].headers["content-encoding"] == slow[0].headers["content-encoding"] == "gzip"
-    assert fast[1].status_code == 400
-    not_post = requests.get(service.url + "/v2/models/resnet/infer", timeout=30)
-    assert not_post.status_code == 404 and "no endpoint GET" in not_post.json()["error"]
+    for unversioned, versioned in zip(*answers, strict=True):
+        assert unversioned.status_code == versioned.status_code
+        assert unversioned.headers["content-type"] == versioned.headers["content-type"]
+        assert unversioned.json() == versioned.json()
+    assert answers[0][0].headers["content-encoding"] == answers[1][0].headers["content-encoding"]
+    assert answers[0][1].status_code == 400
+    other = service.post("/v2/models/resnet/versions/2/infer", json=ok)  # FastAPI's route
+    assert other.status_code == 404 and other.json() == {
+        "error": "model 'resnet' has no version '2'; served: 1"
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v2/models/mlp/infer", "POST"),
+        ("DELETE", "/v2/models/mlp/versions/1/infer", "POST"),
+        ("GET", "/v1/models/mlp:predict", "POST"),
+        ("POST", "/v2/models/mlp", "GET"),
+        ("PUT", "/v2/models/mlp/ready", "GET"),
+    ],
+)
+def test_a_method_a_route_does_not_take_is_a_405_naming_those_it_does(service, method, path, allow):
+    response = requests.request(method, service.url + path, timeout=30)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow and "method not allowed" in response.json()["error"]
+    unknown = requests.request(method, service.url + path.replace("mlp", "vgg"), timeout=30)
+    assert unknown.status_code == 404 and "unknown model 'vgg'" in unknown.json()["error"]
+
+
+def test_model_readiness_answers_its_name_in_json(service):
+    for path in ("/v2/models/mlp/ready", "/v2/models/mlp/versions/1/ready"):
+        assert service.get(path).json() == {"name": "mlp", "ready": True}
+    assert service.get("/v1/models/mlp").json() == {"name": "mlp", "ready": True}

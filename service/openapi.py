@@ -1,0 +1,85 @@
+"""/openapi.json from the route table: each model route's request and response bodies (JSON,
+and the V2 binary extension where it applies) and the errors it can answer, with the
+descriptions of errors.py's classes."""
+
+import inspect
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from . import schemas
+from .routes import MODEL_ROUTES, Route
+
+BINARY = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "JSON header of Inference-Header-Content-Length bytes, "
+        "then the raw little-endian tensors",
+    }
+}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _content(model: type[BaseModel], binary: bool) -> dict:
+    content = {"application/json": {"schema": _ref(model)}}
+    if binary:  # the V2 binary tensor data extension
+        content["application/octet-stream"] = BINARY
+    return {"content": content}
+
+
+def _errors(route: Route) -> dict:
+    """status -> response, one per status, each class's docstring joined."""
+    described: dict[str, list[str]] = {}
+    for error in route.errors:
+        described.setdefault(str(error.status), []).append(inspect.getdoc(error))
+    return {
+        status: {"description": " / ".join(why), **_content(schemas.Error, False)}
+        for status, why in sorted(described.items())
+    }
+
+
+def _operation(route: Route) -> dict:
+    operation = {
+        "responses": {"200": {"description": "OK", **_content(route.response, route.binary)}}
+    }
+    operation["responses"].update(_errors(route))
+    if route.request is not None:
+        operation["requestBody"] = {"required": True, **_content(route.request, route.binary)}
+    return operation
+
+
+def document(app: FastAPI, title: str, version: str, description: str, models: list[str]) -> None:
+    """Replace the app's OpenAPI generator with one that takes each model route's bodies and
+    errors from the route table."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=title, version=version, description=description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        used = {schemas.Error} | {r.response for r in MODEL_ROUTES}
+        used |= {r.request for r in MODEL_ROUTES if r.request is not None}
+        for model in sorted(used, key=lambda m: m.__name__):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        for route in MODEL_ROUTES:
+            for model in models:
+                path = route.path.format(model=model, version="{version}")
+                operation = schema["paths"].get(path, {}).get(route.method.lower())
+                if operation is not None:
+                    operation.update(_operation(route))
+                    # the handlers' optional `version` is a path parameter, never a query one
+                    params = operation.get("parameters", [])
+                    operation["parameters"] = [p for p in params if p["in"] == "path"]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -2,8 +2,11 @@
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -13,16 +16,22 @@ from .settings import LOG_FORMAT, Settings
 logger = logging.getLogger("tensorgate")
 
 
-def prepare_metrics_dir() -> Path:
+@contextmanager
+def metrics_dir() -> Iterator[Path]:
     """prometheus_client's multiprocess mode needs one folder that every process writes to,
-    empty at start, set before anything imports prometheus_client."""
+    empty at start, set before anything imports prometheus_client. A folder of our own
+    making is removed at exit; PROMETHEUS_MULTIPROC_DIR's is kept (it may be a volume)."""
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="tensorgate-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    return path
+    try:
+        yield path
+    finally:
+        if not configured:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    prepare_metrics_dir()
+    with metrics_dir():
+        return serve(settings)
 
+
+def serve(settings: Settings) -> int:
     from artifacts.manifest import ManifestError  # after the metrics folder is set
 
     from .app import build_server

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         cli_prog_name="python -m service",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        # --help then says "(default: unset)" once, where the description says what unset means
+        cli_parse_none_str="unset",
+        cli_hide_none_type=True,
         extra="forbid",
     )
 
@@ -32,11 +35,11 @@ class Settings(BaseSettings):
     repository: Path = Field(Path("model_repository"), description="the model repository")
     models: str | None = Field(
         None,
-        description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version "
-        "(default: every model in the repository, at its highest version)",
+        description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version; "
+        "unset: every model in the repository, at its highest version",
     )
     backend: Backend | None = Field(
-        None, description="one backend for every model (default: each manifest's; onnxruntime)"
+        None, description="one backend for every model; unset: each manifest's (onnxruntime)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when a GPU is present, else the CPU"
@@ -45,8 +48,8 @@ class Settings(BaseSettings):
     api_servers: int | None = Field(
         None,
         ge=1,
-        description="HTTP server processes (LitServe's num_api_servers; default: one per core, "
-        f"at most {MAX_DEFAULT_API_SERVERS})",
+        description="HTTP server processes (LitServe's num_api_servers); unset: one per core, "
+        f"at most {MAX_DEFAULT_API_SERVERS}",
     )
     threads: int = Field(
         1,
@@ -55,12 +58,12 @@ class Settings(BaseSettings):
         "hosts, where one process per core beats threads",
     )
     max_batch_size: int | None = Field(
-        None, ge=1, description="instances per device call (default: from the manifest)"
+        None, ge=1, description="instances per device call; unset: the manifest's"
     )
     batch_timeout: float | None = Field(
         None,
         ge=0,
-        description="seconds a batch may wait to fill under load (default: from the manifest)",
+        description="the longest a batch may wait to fill, in seconds; unset: the manifest's",
     )
     request_timeout: float = Field(30.0, gt=0, description="seconds before a request answers 504")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies answer 413")
@@ -78,9 +81,10 @@ class Settings(BaseSettings):
         "(keep it below the orchestrator's grace period)",
     )
     api_key: SecretStr | None = Field(
-        None, description="when set, inference and metadata calls need it; health, metrics open"
+        None,
+        description="when set, inference and metadata calls need it; health and metrics stay open",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     access_log: bool = Field(
         False,
         description="log a line per request (uvicorn's access log; errors are logged regardless)",

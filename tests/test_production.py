@@ -84,10 +84,13 @@ class Clients:
 
 
 def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.Popen, int]:
-    """Start the service and wait until it is ready; the caller stops it."""
+    """Start the service and wait until it is ready; the caller stops it. Its temporary files
+    go to a `tmp` folder beside the log."""
     port = free_port()
     env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    (log.parent / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(log.parent / "tmp")
     env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -141,6 +144,7 @@ def test_sigterm_under_load_answers_every_request_sent_and_exits_0(exported, tmp
         assert set(outcomes) <= {200, 503, "refused"}, outcomes
         assert outcomes[200] > 100, outcomes
         assert re.search(r"drained: answered \d+ requests in [\d.]+ s", text), text
+        assert not list((tmp_path / "tmp").glob("tensorgate-metrics-*"))  # removed at exit
 
 
 def test_requests_running_at_sigterm_are_answered_and_late_ones_get_503_and_close(

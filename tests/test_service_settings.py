@@ -2,6 +2,7 @@
 and start-ups that must be refused."""
 
 import concurrent.futures as cf
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,9 @@ def test_bad_settings_exit_2_and_help_lists_the_flags():
         "--api-key",
     ):
         assert flag in done.stdout
+    options = re.split(r"\n  (?=-)", done.stdout.split("options:", 1)[1])
+    for option in options[2:]:  # after -h
+        assert option.count("(default") == 1, option
     done = subprocess.run(
         [sys.executable, "-m", "service", "--device", "gpu"], capture_output=True, text=True
     )

@@ -25,12 +25,12 @@ class ModelAPI(ls.LitAPI):
     float32 arrays (protocol.py, in the HTTP process), so there is nothing to decode.
     """
 
-    def __init__(self, model: ServedModel, settings: Settings, engine: Engine) -> None:
+    def __init__(self, model: ServedModel, settings: Settings, engine: Engine, device: str) -> None:
         super().__init__(
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
-            spec=KServeSpec(model, settings, engine),
-            loop=WorkerLoop(engine.token, model.name, settings.log_level),
+            spec=KServeSpec(model, settings, engine, device),
+            loop=WorkerLoop(engine.token, model.name, settings.log_level, engine.stats),
         )
         self.model = model
         self.name = model.name

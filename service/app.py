@@ -1,8 +1,13 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
+from pathlib import Path
+
+import fastapi_offline
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,6 +26,8 @@ from .settings import Settings
 from .spec import KServeSpec
 
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
+ASSETS_URL = "/docs-assets"
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -33,11 +40,45 @@ def add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handle)
 
 
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs and /redoc with Swagger UI's and ReDoc's assets served by the service itself
+    (fastapi-offline packages them), instead of FastAPI's pages, which load them from a CDN:
+    model servers often run where there is no internet."""
+    cdn_pages = {app.docs_url, app.redoc_url}
+    app.router.routes = [r for r in app.routes if getattr(r, "path", None) not in cdn_pages]
+    app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{SERVER['name']} - Swagger UI",
+            swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{SERVER['name']} - ReDoc",
+            redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def add_server_routes(
     app: FastAPI, specs: list[KServeSpec], settings: Settings, engine: Engine
 ) -> None:
     served = sorted(spec.model.name for spec in specs)
     queues = QueueCollector(served, settings.max_queue, engine.in_flight)
+
+    @app.get("/", tags=["health"])
+    async def alive() -> dict:
+        """KServe's V1 liveness."""
+        return {"status": "alive"}
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict:
@@ -52,10 +93,26 @@ def add_server_routes(
             return error_response(503, f"not ready: {', '.join(not_ready)} loading or restarting")
         return JSONResponse({"ready": True})
 
-    @app.get("/v2", tags=["metadata"])
     async def server_metadata(request: Request) -> dict:
         check_api_key(request, settings.api_key)
         return SERVER
+
+    for path in ("/v2", "/v2/"):  # the OIP spec's path is /v2/; neither redirects
+        app.add_api_route(path, server_metadata, methods=["GET"], tags=["metadata"])
+
+    async def model_list(request: Request) -> dict:
+        """The served models, as KServe's V1 and V2 servers list them."""
+        check_api_key(request, settings.api_key)
+        return {"models": served}
+
+    for path in ("/v1/models", "/v2/models"):
+        app.add_api_route(path, model_list, methods=["GET"], tags=["metadata"])
+
+    @app.get("/v2/models/stats", tags=["metadata"])
+    async def all_stats(request: Request) -> dict:
+        """Triton's statistics extension, every model."""
+        check_api_key(request, settings.api_key)
+        return {"model_stats": [spec.stats() for spec in specs]}
 
     @app.get("/metrics", tags=["metrics"])
     async def metrics() -> Response:
@@ -77,21 +134,26 @@ def add_server_routes(
 
 
 def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
+    """The LitServer with every model's LitAPI and the server-wide routes; FastAPI neither
+    redirects a trailing slash nor answers in its own error format."""
     engine = Engine(
         [m.name for m in models],
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout,
         drain_timeout=settings.drain_timeout,
     )
-    apis = [ModelAPI(model, settings, engine) for model in models]
+    device = resolve_device(settings.device)
+    apis = [ModelAPI(model, settings, engine, device) for model in models]
     server = EngineServer(
         apis,
         engine,
-        accelerator=resolve_device(settings.device),
+        accelerator=device,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
     )
+    server.app.router.redirect_slashes = False
     add_error_handlers(server.app)
+    add_offline_docs(server.app)
     add_server_routes(server.app, [api.spec for api in apis], settings, engine)
     server.app.add_middleware(InferenceFastPath, specs=[api.spec for api in apis])
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(

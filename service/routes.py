@@ -68,6 +68,10 @@ MODEL_ROUTES: tuple[Route, ...] = (
           schemas.V2InferRequest, binary=True, errors=INFER_ERRORS, hot=True),
     Route("GET", V2, "v2_metadata", schemas.V2ModelMetadata),
     Route("GET", V2_VERSION, "v2_metadata", schemas.V2ModelMetadata),
+    Route("GET", V2 + "/config", "v2_config", schemas.TritonModelConfig),
+    Route("GET", V2_VERSION + "/config", "v2_config", schemas.TritonModelConfig),
+    Route("GET", V2 + "/stats", "v2_stats", schemas.TritonStatistics),
+    Route("GET", V2_VERSION + "/stats", "v2_stats", schemas.TritonStatistics),
     Route("GET", V2 + "/ready", "v2_ready", schemas.ModelReady, errors=READY_ERRORS),
     Route("GET", V2_VERSION + "/ready", "v2_ready", schemas.ModelReady, errors=READY_ERRORS),
 )  # fmt: skip

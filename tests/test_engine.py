@@ -13,6 +13,7 @@ import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.server import LITSERVE_VERSION, check_litserve_version
+from service.engine.stats import Stats
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame
 from service.engine.worker import Worker
 
@@ -112,6 +113,7 @@ class Doubler:
 
     def __init__(self) -> None:
         self.batches: list[int] = []  # instances per batch run
+        self.stats = Stats([self.name])  # what the worker counts for Triton's statistics
 
     def batch(self, inputs):
         return np.concatenate(inputs)
@@ -148,7 +150,7 @@ class Peer:
 def worker():
     addr = f"\0tensorgate-test-{uuid.uuid4().hex}"
     api = Doubler()
-    w = Worker(api, addr)
+    w = Worker(api, addr, api.stats, worker_id=0)
     started = threading.Event()
 
     def serve():
@@ -174,6 +176,15 @@ def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     assert api.batches == [8, 4]  # four requests fill the first batch; the rest run next
     for i in range(6):
         np.testing.assert_array_equal(answers[i].output, x(2, 2 * i))
+    entry = api.stats.triton("doubler", 3)
+    assert (entry["name"], entry["version"]) == ("doubler", "3")
+    assert (entry["inference_count"], entry["execution_count"]) == (12, 2)
+    stats = entry["inference_stats"]
+    assert stats["queue"]["count"] == stats["compute_infer"]["count"] == 6
+    assert stats["queue"]["ns"] >= 6 * 0.2e9  # each waited the 0.2 s before the worker looked
+    assert 0 < stats["compute_infer"]["ns"] < stats["queue"]["ns"]
+    assert stats["success"] == {"count": 0, "ns": 0}  # the HTTP side counts those
+    assert entry["last_inference"] > 0
 
 
 def test_a_cancelled_request_is_not_computed_and_a_late_one_answers_504(worker):

@@ -375,9 +375,13 @@ def test_two_workers_share_a_model_and_one_dying_leaves_the_other_serving(export
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("POST", "/v1/models/resnet:predict", body)
         got = json.loads(conn.getresponse().read())["predictions"]
+        # the statistics, which the killed worker was writing, still answer and still count
+        conn.request("GET", "/v2/models/resnet/stats")
+        (stats,) = json.loads(conn.getresponse().read())["model_stats"]
     finally:
         stop(process)
     assert set(outcomes) <= {200, 503} and outcomes[200] > 0, outcomes
+    assert stats["inference_stats"]["success"]["count"] >= outcomes[200] + 1
     assert during and set(during) == {200}, during  # worker 1 served while 0 restarted
     probabilities = np.array([p["probabilities"] for p in got], np.float32)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)

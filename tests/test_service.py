@@ -3,13 +3,15 @@
 import concurrent.futures as cf
 import gzip
 import json
+import re
+import subprocess
 import time
 
 import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from helpers import BATCH_TIMEOUT, NAMES, direct, rows, served, v2_json
+from helpers import BATCH_TIMEOUT, NAMES, direct, rows, served, tool, v2_json
 
 from load_tests.payloads import request_body
 
@@ -292,3 +294,23 @@ def test_model_readiness_answers_its_name_in_json(service):
     for path in ("/v2/models/mlp/ready", "/v2/models/mlp/versions/1/ready"):
         assert service.get(path).json() == {"name": "mlp", "ready": True}
     assert service.get("/v1/models/mlp").json() == {"name": "mlp", "ready": True}
+
+
+def test_the_docs_pages_load_nothing_from_outside_the_service(service):
+    for page in ("/docs", "/redoc"):
+        html = service.get(page).text
+        assert re.findall(r"https?://", html) == [], page  # no CDN, no fonts
+        for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
+            assert service.get(asset).status_code == 200, asset
+
+
+@pytest.mark.tools("chromium")
+def test_the_docs_render_every_operation_in_a_real_browser(service):
+    """Headless Chromium runs Swagger UI from the service's own assets (this machine has no
+    route beyond loopback in CI either)."""
+    command = [tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu"]
+    command += ["--virtual-time-budget=20000", "--dump-dom", service.url + "/docs"]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    listed = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
+    documented = set(service.get("/openapi.json").json()["paths"])
+    assert documented and listed == documented, documented ^ listed

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from ..errors import ClientGone, Overloaded, ShuttingDown, Timeout, Unavailable, for_status
+from .stats import Stats
 from .wire import Cancel, FrameReader, Infer, address, frame
 
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
@@ -165,6 +166,7 @@ class Engine:
         # [requests in flight per model..., requests answered in total]
         self.counts = ctx.Array("q", len(models) + 1)
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
+        self.stats = Stats(models)  # Triton's inference statistics
         self._local: dict[str, ModelLinks] | None = None  # this process's, made on first use
         self._watcher: asyncio.Task | None = None
 

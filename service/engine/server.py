@@ -30,6 +30,7 @@ from litserve.utils import WorkerSetupStatus
 
 from ..metrics import WORKER_RESTARTS
 from .client import DRAIN_POLL, Engine
+from .stats import MAX_WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,18 @@ class IdleTransport:
 class EngineServer(ls.LitServer):
     def __init__(self, lit_apis: list[ls.LitAPI], engine: Engine, **kwargs) -> None:
         super().__init__(lit_apis, **kwargs)
+        # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
+        # KServe's and Triton's routes instead, so a client meets one convention
+        own = {"/", self.healthcheck_path, self.info_path}
+        self.app.router.routes = [r for r in self.app.routes if getattr(r, "path", None) not in own]
         self.engine = engine
         for api in self.litapi_connector:
             engine.workers[api.name] = len(self._inference_workers_config_for_api(api.api_path))
+            if engine.workers[api.name] > MAX_WORKERS:
+                raise RuntimeError(
+                    f"model '{api.name}': {engine.workers[api.name]} inference workers; "
+                    f"at most {MAX_WORKERS} are supported"
+                )
         # uvicorn's own deadline comes after ours, so that late requests answer 503 first
         self.uvicorn_graceful_timeout = engine.drain_timeout + 5
         self.exit_reason: str | None = None  # set when the server stops because of a failure

@@ -25,6 +25,7 @@ from litserve.loops.base import LitLoop
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
+from .stats import Stats
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, address, frame
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class Queued:
 class WorkerLoop(LitLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
-    def __init__(self, token: str, model: str, log_level: str) -> None:
+    def __init__(self, token: str, model: str, log_level: str, stats: Stats) -> None:
         super().__init__()
-        self.token, self.model, self.log_level = token, model, log_level
+        self.token, self.model, self.log_level, self.stats = token, model, log_level, stats
 
     def __call__(self, lit_api: Batcher, device: str, worker_id: int, *args, **kwargs) -> None:
         # Ctrl-C reaches the whole process group; the main process stops the workers itself,
@@ -76,14 +77,15 @@ class WorkerLoop(LitLoop):
         logging.basicConfig(  # a spawned process does not inherit the main one's logging
             level=self.log_level.upper(), format=LOG_FORMAT, force=True
         )
-        worker = Worker(lit_api, address(self.token, self.model, worker_id))
+        addr = address(self.token, self.model, worker_id)
+        worker = Worker(lit_api, addr, self.stats, worker_id)
         logger.info("model %s worker %d serving (pid %d)", self.model, worker_id, os.getpid())
         worker.serve()
 
 
 class Worker:
-    def __init__(self, api: Batcher, addr: str) -> None:
-        self.api = api
+    def __init__(self, api: Batcher, addr: str, stats: Stats, worker_id: int) -> None:
+        self.api, self.stats, self.worker_id = api, stats, worker_id
         self.policy = BatchingPolicy(api.max_batch_size, api.batch_timeout)
         for instances, seconds in api.warmup_costs:
             self.policy.cost.add(instances, seconds)
@@ -178,7 +180,7 @@ class Worker:
     def run(self, batch: list[Queued]) -> None:
         started = time.monotonic()
         timeout = self.api.request_timeout
-        live, answers = [], []
+        live, answers, queued = [], [], []
         for q in batch:
             if timeout and started - q.request.enqueued_at > timeout:
                 failure = Failure(
@@ -189,11 +191,16 @@ class Worker:
                 answers.append((q, Answer(q.request.uid, None, failure)))
             else:
                 live.append(q)
-                self.queue_seconds.observe(started - q.request.enqueued_at)
+                queued.append(started - q.request.enqueued_at)
+                self.queue_seconds.observe(queued[-1])
+        instances = sum(len(q.request.x) for q in live)
         if live:
+            computing = time.monotonic()
             answers += self.infer(live)
+            took = time.monotonic() - computing
+            self.stats.batch(self.api.name, self.worker_id, queued, took, instances)
         self.answer(answers)
-        self.policy.cost.add(sum(len(q.request.x) for q in live), time.monotonic() - started)
+        self.policy.cost.add(instances, time.monotonic() - started)
 
     def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
         api = self.api

@@ -1,0 +1,140 @@
+"""What clients other than tritonclient read, on the live service: the Open Inference
+Protocol's response bodies (its REST spec's schemas, restated here with jsonschema), KServe's
+liveness and model lists, and Triton's model configuration and statistics extensions in the
+fields perf_analyzer reads."""
+
+import jsonschema
+import pytest
+import requests
+from helpers import NAMES, rows, served, v2_json
+
+# The OIP REST spec's (kserve/open-inference-protocol, open_inference_rest.yaml) response
+# schemas: required fields and types.
+TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+OIP = {
+    "server_metadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "model_metadata": {
+        "type": "object",
+        "required": ["name", "platform"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": TENSOR},
+            "outputs": {"type": "array", "items": TENSOR},
+        },
+    },
+    "inference_response": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    **TENSOR,
+                    "required": ["name", "shape", "datatype", "data"],
+                    "properties": {**TENSOR["properties"], "data": {"type": "array"}},
+                },
+            },
+        },
+    },
+    "error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+}
+
+
+def valid(body: dict, schema: str) -> None:
+    jsonschema.validate(body, OIP[schema])
+
+
+@pytest.mark.parametrize("path", ["/v2", "/v2/"])
+def test_server_metadata_answers_on_both_paths_without_a_redirect(service, path):
+    response = requests.get(service.url + path, allow_redirects=False, timeout=30)
+    assert response.status_code == 200, response.status_code
+    valid(response.json(), "server_metadata")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_metadata_inference_and_errors_match_the_oip_schemas(service, name):
+    for path in (f"/v2/models/{name}", f"/v2/models/{name}/versions/1"):
+        valid(service.get(path).json(), "model_metadata")
+    answer = service.post(f"/v2/models/{name}/infer", json=v2_json(rows(name, 2), id="q"))
+    valid(answer.json(), "inference_response")
+    bad = service.post(f"/v2/models/{name}/infer", json={"inputs": []})
+    assert bad.status_code == 400
+    valid(bad.json(), "error")
+    valid(service.get("/v2/models/vgg").json(), "error")
+
+
+def test_kserve_liveness_and_model_lists(service):
+    assert service.get("/").json() == {"status": "alive"}
+    for path in ("/v1/models", "/v2/models"):
+        assert service.get(path).json() == {"models": NAMES}
+    for path in ("/health", "/info"):  # LitServe's own routes are not served
+        assert service.get(path).status_code == 404
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_model_config_has_what_perf_analyzer_reads(service, exported, name):
+    manifest = served(exported, name).manifest
+    for path in (f"/v2/models/{name}/config", f"/v2/models/{name}/versions/1/config"):
+        config = service.get(path).json()
+        assert config["name"] == name and config["max_batch_size"] == 64
+        assert config["platform"] == "onnxruntime_onnx" and config["backend"] == "onnxruntime"
+        assert "dynamic_batching" in config and "sequence_batching" not in config
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500_000
+        for tensors, specs in (
+            (config["input"], manifest.inputs),
+            (config["output"], manifest.outputs),
+        ):
+            assert [(t["name"], t["data_type"], t["dims"]) for t in tensors] == [
+                (s.name, "TYPE_FP32", s.shape[1:]) for s in specs
+            ]
+        assert config["instance_group"] == [{"name": f"{name}_0", "kind": "KIND_CPU", "count": 1}]
+    assert service.get(f"/v2/models/{name}/versions/9/config").status_code == 404
+
+
+def test_statistics_count_each_request_its_queue_and_compute_time(service):
+    def mlp_stats() -> dict:
+        (entry,) = service.get("/v2/models/mlp/stats").json()["model_stats"]
+        return entry
+
+    before = mlp_stats()
+    for i in range(5):
+        x = rows("mlp", 3, start=i)
+        assert service.post("/v2/models/mlp/infer", json=v2_json(x)).status_code == 200
+    assert service.post("/v2/models/mlp/infer", json={"inputs": []}).status_code == 400
+    after = mlp_stats()
+    assert (after["name"], after["version"]) == ("mlp", "1")
+
+    def grew(kind: str, field: str = "count") -> int:
+        return after["inference_stats"][kind][field] - before["inference_stats"][kind][field]
+
+    assert grew("success") == 5 and grew("fail") == 1
+    assert grew("queue") == grew("compute_infer") == 5
+    assert after["inference_count"] - before["inference_count"] == 15
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 5
+    # per request: the time in the server covers its queue and compute time
+    assert grew("success", "ns") > grew("compute_infer", "ns") > 0
+    assert after["last_inference"] > 0 and after["last_inference"] >= before["last_inference"]
+    every = service.get("/v2/models/stats").json()["model_stats"]
+    assert [e["name"] for e in every] == NAMES
+    assert all(e["version"] == "1" for e in every)

@@ -6,7 +6,7 @@ import fastapi_offline
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +22,7 @@ from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
 from .routes import allowed_methods
+from .schemas import Error, TritonStatistics
 from .settings import Settings
 from .spec import KServeSpec
 
@@ -84,7 +85,9 @@ def add_server_routes(
     async def live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"])
+    unready = {503: {"model": Error, "description": "a model loading or restarting; draining"}}
+
+    @app.get("/v2/health/ready", tags=["health"], responses=unready)
     async def ready() -> Response:
         if engine.draining:
             return error_response(503, "not ready: the server is shutting down")
@@ -108,13 +111,13 @@ def add_server_routes(
     for path in ("/v1/models", "/v2/models"):
         app.add_api_route(path, model_list, methods=["GET"], tags=["metadata"])
 
-    @app.get("/v2/models/stats", tags=["metadata"])
+    @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
         """Triton's statistics extension, every model."""
         check_api_key(request, settings.api_key)
         return {"model_stats": [spec.stats() for spec in specs]}
 
-    @app.get("/metrics", tags=["metrics"])
+    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(render(queues), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,10 +3,13 @@ Protocol's response bodies (its REST spec's schemas, restated here with jsonsche
 liveness and model lists, and Triton's model configuration and statistics extensions in the
 fields perf_analyzer reads."""
 
+import asyncio
+
 import jsonschema
+import numpy as np
 import pytest
 import requests
-from helpers import NAMES, rows, served, v2_json
+from helpers import NAMES, direct, rows, served, v2_json
 
 # The OIP REST spec's (kserve/open-inference-protocol, open_inference_rest.yaml) response
 # schemas: required fields and types.
@@ -138,3 +141,41 @@ def test_statistics_count_each_request_its_queue_and_compute_time(service):
     every = service.get("/v2/models/stats").json()["model_stats"]
     assert [e["name"] for e in every] == NAMES
     assert all(e["version"] == "1" for e in every)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_the_kserve_sdk_rest_client_works_unchanged(service, exported, binary):
+    """kserve's InferenceRESTClient, V1 and V2: liveness, readiness, model readiness, infer."""
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    x = rows("resnet", 3)
+    input_name = served(exported, "resnet").manifest.inputs[0].name
+
+    async def calls() -> tuple:
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1"))
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2"))
+        try:
+            checks = (
+                await v1.is_server_live(service.url),
+                await v1.is_model_ready(service.url, "resnet"),
+                await v2.is_server_live(service.url),
+                await v2.is_server_ready(service.url),
+                await v2.is_model_ready(service.url, "resnet"),
+            )
+            v1_answer = await v1.infer(service.url, {"instances": x.tolist()}, model_name="resnet")
+            tensor = InferInput(input_name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            request = InferRequest("resnet", [tensor], request_id="k1")
+            v2_answer = await v2.infer(service.url, request, model_name="resnet")
+            return checks, v1_answer, v2_answer
+        finally:
+            await v1.close()
+            await v2.close()
+
+    checks, v1_answer, v2_answer = asyncio.run(calls())
+    assert checks == (True, True, True, True, True)
+    expected = direct(exported, "resnet", x)
+    got = np.array([p["probabilities"] for p in v1_answer["predictions"]], np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert v2_answer.id == "k1" and v2_answer.model_name == "resnet"
+    np.testing.assert_allclose(v2_answer.outputs[0].as_numpy(), expected, atol=1e-5, rtol=0)

@@ -7,9 +7,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from artifacts.runtimes import resolve_device
 
@@ -21,7 +23,6 @@ from .fastpath import InferenceFastPath
 from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
-from .routes import allowed_methods
 from .schemas import Error, TritonStatistics
 from .settings import Settings
 from .spec import KServeSpec
@@ -121,19 +122,31 @@ def add_server_routes(
     async def metrics() -> Response:
         return Response(render(queues), media_type=CONTENT_TYPE_LATEST)
 
-    # Registered after every model's routes, so they answer only what no model matched.
+    # Registered after every other route, so they answer only what no route matched.
     async def unknown(request: Request, model: str) -> Response:
+        allowed = allowed_methods(app, request.scope, unknown)
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         name = model.split(":", 1)[0]
         if name not in served:
             raise NotFound(f"unknown model {name!r}; served: {', '.join(served)}")
-        allowed = allowed_methods(request.url.path)
-        if allowed:
-            raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     for path in ("/v1/models/{model}", "/v2/models/{model}", "/v2/models/{model}/{rest:path}"):
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
+
+
+def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:
+    """The methods the app's routes take at this request's path, other methods being asked:
+    one rule for every route, so a wrong method is a 405 naming them, not a 404."""
+    found: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is not catch_all:
+            match, _ = route.matches(scope)
+            if match == Match.PARTIAL:  # the path matches, the method does not
+                found |= route.methods
+    return sorted(found)
 
 
 def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
@@ -162,5 +175,6 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )
-    document(server.app, SERVER["name"], SERVER["version"], description, [m.name for m in models])
+    signatures = [api.spec.signature for api in apis]
+    document(server.app, SERVER["name"], SERVER["version"], description, signatures)
     return server

@@ -1,6 +1,9 @@
 """/openapi.json from the route table: each model route's request and response bodies (JSON,
 and the V2 binary extension where it applies) and the errors it can answer, with the
-descriptions of errors.py's classes."""
+descriptions of errors.py's classes.
+
+Request bodies are per model (schemas.py builds them from the model's signature).
+"""
 
 import inspect
 
@@ -9,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from . import schemas
+from .protocol import Signature
 from .routes import MODEL_ROUTES, Route
 
 BINARY = {
@@ -25,8 +29,8 @@ def _ref(model: type[BaseModel]) -> dict:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _content(model: type[BaseModel], binary: bool) -> dict:
-    content = {"application/json": {"schema": _ref(model)}}
+def _content(schema: dict, binary: bool) -> dict:
+    content = {"application/json": {"schema": schema}}
     if binary:  # the V2 binary tensor data extension
         content["application/octet-stream"] = BINARY
     return {"content": content}
@@ -38,22 +42,23 @@ def _errors(route: Route) -> dict:
     for error in route.errors:
         described.setdefault(str(error.status), []).append(inspect.getdoc(error))
     return {
-        status: {"description": " / ".join(why), **_content(schemas.Error, False)}
+        status: {"description": " / ".join(why), **_content(_ref(schemas.Error), False)}
         for status, why in sorted(described.items())
     }
 
 
-def _operation(route: Route) -> dict:
-    operation = {
-        "responses": {"200": {"description": "OK", **_content(route.response, route.binary)}}
-    }
-    operation["responses"].update(_errors(route))
+def _operation(route: Route, sig: Signature) -> dict:
+    ok = {"description": "OK", **_content(_ref(route.response), route.binary)}
+    operation = {"responses": {"200": ok, **_errors(route)}}
     if route.request is not None:
-        operation["requestBody"] = {"required": True, **_content(route.request, route.binary)}
+        body = _content(route.request(sig), route.binary)
+        operation["requestBody"] = {"required": True, **body}
     return operation
 
 
-def document(app: FastAPI, title: str, version: str, description: str, models: list[str]) -> None:
+def document(
+    app: FastAPI, title: str, version: str, description: str, models: list[Signature]
+) -> None:
     """Replace the app's OpenAPI generator with one that takes each model route's bodies and
     errors from the route table."""
 
@@ -65,17 +70,16 @@ def document(app: FastAPI, title: str, version: str, description: str, models: l
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         used = {schemas.Error} | {r.response for r in MODEL_ROUTES}
-        used |= {r.request for r in MODEL_ROUTES if r.request is not None}
         for model in sorted(used, key=lambda m: m.__name__):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js
         for route in MODEL_ROUTES:
-            for model in models:
-                path = route.path.format(model=model, version="{version}")
+            for sig in models:
+                path = route.path.format(model=sig.model, version="{version}")
                 operation = schema["paths"].get(path, {}).get(route.method.lower())
                 if operation is not None:
-                    operation.update(_operation(route))
+                    operation.update(_operation(route, sig))
                     # the handlers' optional `version` is a path parameter, never a query one
                     params = operation.get("parameters", [])
                     operation["parameters"] = [p for p in params if p["in"] == "path"]

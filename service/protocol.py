@@ -5,6 +5,7 @@ answered with a 400 naming what was wrong and never reaches (or fails) a batch.
 V2 includes the binary tensor data extension that tritonclient uses by default.
 """
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ import numpy as np
 from .errors import BadRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a JSON number beyond it is refused, not rounded
+NOT_FINITE = "contains NaN or Inf (or a value beyond float32's range)"
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,19 @@ def _json(body: bytes, what: str) -> dict:
     return doc
 
 
-def _numbers(data: Any, what: str) -> np.ndarray:
-    """Nested lists of numbers -> a float32 array; anything else is a 400."""
+def _has_booleans(data: Any, depth: int) -> bool:
+    """Whether regular nested lists `depth` deep hold a true or false, which numpy would have
+    taken for 1 and 0."""
+    flat = data
+    for _ in range(depth - 1):
+        flat = itertools.chain.from_iterable(flat)
+    return bool in set(map(type, flat))
+
+
+def _numbers(data: Any, what: str, booleans_possible: bool = True) -> np.ndarray:
+    """Nested lists of numbers -> a float32 array; anything else is a 400. Pass
+    `booleans_possible=False` where the raw body has no `true` or `false` (a cheap check that
+    spares a pass over the values)."""
     try:
         arr = np.array(data)
     except (ValueError, TypeError):
@@ -61,8 +75,11 @@ def _numbers(data: Any, what: str) -> np.ndarray:
         raise BadRequest(f"{what} is nested too deeply (more axes than any input has)") from None
     if arr.dtype.kind not in "iuf":  # strings, booleans, nulls, objects
         raise BadRequest(f"{what} must hold only numbers (found {arr.dtype.name} values)")
-    with np.errstate(over="ignore"):  # beyond float32's range becomes Inf, refused below
-        return arr.astype(np.float32)
+    if booleans_possible and arr.ndim and _has_booleans(data, arr.ndim):
+        raise BadRequest(f"{what} must hold only numbers (found a boolean among them)")
+    if arr.dtype.kind == "f" and not (np.abs(arr) <= FLOAT32_MAX).all():
+        raise BadRequest(f"{what} {NOT_FINITE}")
+    return arr.astype(np.float32)
 
 
 def _check_batch(x: np.ndarray, sig: Signature, what: str) -> np.ndarray:
@@ -77,7 +94,7 @@ def _check_batch(x: np.ndarray, sig: Signature, what: str) -> np.ndarray:
             "one request (TENSORGATE_MAX_INSTANCES)"
         )
     if not np.isfinite(x).all():
-        raise BadRequest(f"{what} contains NaN or Inf (or a value beyond float32's range)")
+        raise BadRequest(f"{what} {NOT_FINITE}")
     return np.ascontiguousarray(x)
 
 
@@ -90,7 +107,9 @@ def parse_v1(body: bytes, sig: Signature) -> np.ndarray:
         )
     if not isinstance(doc["instances"], list):
         raise BadRequest('"instances" must be a list of instances')
-    return _check_batch(_numbers(doc["instances"], '"instances"'), sig, '"instances"')
+    booleans = b"true" in body or b"false" in body
+    x = _numbers(doc["instances"], '"instances"', booleans)
+    return _check_batch(x, sig, '"instances"')
 
 
 def _header_length(body: bytes, header: str | None) -> int:
@@ -103,6 +122,16 @@ def _header_length(body: bytes, header: str | None) -> int:
     if not 0 < length <= len(body):
         raise BadRequest(f"{BINARY_HEADER} is {length}, but the body has {len(body)} bytes")
     return length
+
+
+def _parameters(holder: dict, what: str) -> dict:
+    """An optional "parameters" member: an object, or absent or null."""
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f'{what}: "parameters" must be an object')
+    return params
 
 
 def _shape(tensor: dict, what: str) -> list[int]:
@@ -128,8 +157,7 @@ def _tensor(tensor: Any, sig: Signature, binary: memoryview, offset: int) -> tup
         )
     shape = _shape(tensor, what)
     count = int(np.prod(shape)) if shape else 1
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    size = _parameters(tensor, what).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * 4:
             raise BadRequest(
@@ -168,16 +196,18 @@ def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> V2Reques
     if used != len(binary):
         raise BadRequest(f"{len(binary) - used} bytes of binary data follow the inputs unused")
 
-    params = doc.get("parameters") or {}
-    binary_output = bool(isinstance(params, dict) and params.get("binary_data_output"))
-    for out in doc.get("outputs") or []:
+    binary_output = bool(_parameters(doc, "the request").get("binary_data_output"))
+    outputs = doc.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise BadRequest('"outputs" must be a list of requested outputs')
+    for out in outputs or []:
         if not isinstance(out, dict) or out.get("name") != sig.output_name:
             name = out.get("name") if isinstance(out, dict) else out
             raise BadRequest(
                 f"unknown output {name!r}; model '{sig.model}' gives '{sig.output_name}'"
             )
-        out_params = out.get("parameters") or {}
-        if isinstance(out_params, dict) and "binary_data" in out_params:
+        out_params = _parameters(out, f"output '{sig.output_name}'")
+        if "binary_data" in out_params:
             binary_output = bool(out_params["binary_data"])  # overrides binary_data_output
     return V2Request(x=x, id=request_id, binary_output=binary_output)
 

@@ -1,21 +1,26 @@
-"""The request and response bodies as pydantic models, for the OpenAPI document (/docs).
+"""The request and response bodies, for the OpenAPI document (/docs): responses as pydantic
+models, requests as JSON Schemas built per model from its signature.
 
 The endpoints read raw bodies (the V2 binary extension is not JSON, and protocol.py checks
-JSON bodies faster and with clearer messages than a model would), so these models describe
-the API rather than parse it; openapi.py puts them into /openapi.json.
+JSON bodies faster and with clearer messages than a model would), so these describe the API
+rather than parse it; openapi.py puts them into /openapi.json. Request schemas are as strict
+as the validation where JSON Schema can say it: a V1 body's instances have the model's exact
+nested shape of float32-range numbers, a V2 tensor the model's name, datatype and shape past
+the batch axis. What it cannot say (that a V2 tensor's data holds as many values as its
+shape; the binary extension's header) the service checks, answering 400.
 """
 
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .protocol import FLOAT32_MAX, Signature
+
+FLOAT32 = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
 
 class Error(BaseModel):
     error: str = Field(description="what was wrong and what was expected")
-
-
-class V1Request(BaseModel):
-    instances: list[Any] = Field(description="instances, each nested lists of the input shape")
 
 
 class V1Prediction(BaseModel):
@@ -90,18 +95,6 @@ class V2Tensor(BaseModel):
     )
 
 
-class V2RequestedOutput(BaseModel):
-    name: str = Field(examples=["probabilities"])
-    parameters: dict[str, Any] | None = Field(None, description='{"binary_data": true}')
-
-
-class V2InferRequest(BaseModel):
-    id: str | None = Field(None, description="echoed in the response")
-    parameters: dict[str, Any] | None = Field(None, description='{"binary_data_output": true}')
-    inputs: list[V2Tensor]
-    outputs: list[V2RequestedOutput] | None = None
-
-
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
@@ -116,3 +109,52 @@ class V2ModelMetadata(BaseModel):
     inputs: list[V2Tensor]
     outputs: list[V2Tensor]
     labels: list[str]
+
+
+def _instance(shape: tuple[int, ...]) -> dict:
+    schema = FLOAT32
+    for size in reversed(shape):
+        schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
+    return schema
+
+
+def v1_request(sig: Signature) -> dict:
+    instances = {"type": "array", "minItems": 1, "maxItems": sig.max_instances}
+    return {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {"instances": {**instances, "items": _instance(sig.input_shape)}},
+    }
+
+
+def v2_request(sig: Signature) -> dict:
+    batch = {"type": "integer", "minimum": 1, "maximum": sig.max_instances}
+    dims = [batch, *({"const": size} for size in sig.input_shape)]
+    shape = {"type": "array", "prefixItems": dims, "items": False, "minItems": len(dims)}
+    parameters = {"type": "object"}
+    tensor = {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"const": sig.input_name},
+            "datatype": {"const": "FP32"},
+            "shape": shape,
+            "data": {"type": "array", "minItems": 1, "description": "row-major, flat or nested"},
+            "parameters": parameters,
+        },
+    }
+    output = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"const": sig.output_name}, "parameters": parameters},
+    }
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": parameters,
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
+            "outputs": {"type": "array", "items": output},
+        },
+    }

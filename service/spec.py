@@ -109,7 +109,13 @@ class KServeSpec(LitSpec):
     # -- inference ---------------------------------------------------------------------
 
     async def _run(self, request: Request, x: np.ndarray) -> np.ndarray:
-        return await self.engine.submit(self.model.name, x, request.receive)
+        probabilities = await self.engine.submit(self.model.name, x, request.receive)
+        if not np.isfinite(probabilities).all():  # e.g. inputs near float32's limits
+            raise BadRequest(
+                f"model '{self.model.name}' computes non-finite probabilities for these inputs; "
+                "they are far outside the range of its training data"
+            )
+        return probabilities
 
     async def _serve(
         self, request: Request, protocol: str, version: str | None, handle

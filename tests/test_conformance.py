@@ -4,6 +4,10 @@ liveness and model lists, and Triton's model configuration and statistics extens
 fields perf_analyzer reads."""
 
 import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -179,3 +183,15 @@ def test_the_kserve_sdk_rest_client_works_unchanged(service, exported, binary):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert v2_answer.id == "k1" and v2_answer.model_name == "resnet"
     np.testing.assert_allclose(v2_answer.outputs[0].as_numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_an_openapi_fuzzer_finds_no_server_error_and_no_mismatch(service):
+    """schemathesis, from /openapi.json, with every check (tests/schemathesis.toml says where
+    one does not apply and why): no 5xx, every status, content type, header and body as
+    documented, every schema-violating body refused."""
+    command = [str(Path(sys.executable).with_name("schemathesis"))]
+    command += ["--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run"]
+    command += [service.url + "/openapi.json", "--max-examples", "20", "--seed", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert re.search(r"\d+ generated, (\d+) passed", done.stdout), done.stdout[-2000:]

@@ -1,9 +1,7 @@
-"""The route table (service/routes.py): every route has a handler, the patterns tell a wrong
-method from a wrong path, and the hot routes are exactly the inference POSTs."""
+"""The route table (service/routes.py): every route has a handler, and the hot routes are
+exactly the inference POSTs."""
 
-import pytest
-
-from service.routes import MODEL_ROUTES, allowed_methods
+from service.routes import MODEL_ROUTES
 from service.spec import KServeSpec
 
 
@@ -20,24 +18,6 @@ def test_the_hot_routes_are_the_inference_posts():
         ("POST", "/v2/models/{model}/versions/{version}/infer"),
     }
     assert all(r.request is not None for r in MODEL_ROUTES if r.hot)
-
-
-@pytest.mark.parametrize(
-    ("path", "methods"),
-    [
-        ("/v1/models/mlp:predict", ["POST"]),
-        ("/v1/models/mlp", ["GET"]),
-        ("/v2/models/any-name/infer", ["POST"]),
-        ("/v2/models/mlp/versions/7/infer", ["POST"]),
-        ("/v2/models/mlp/versions/7", ["GET"]),
-        ("/v2/models/mlp/ready", ["GET"]),
-        ("/v2/models/mlp/infer/more", []),
-        ("/v2/models/mlp/versions", []),
-        ("/v3/models/mlp", []),
-    ],
-)
-def test_allowed_methods_by_path(path, methods):
-    assert allowed_methods(path) == methods
 
 
 def test_a_concrete_path_names_the_model_and_version():

@@ -128,6 +128,7 @@ BAD_REQUESTS = [
     ("v1 nested too deeply", "POST", "/v1/models/resnet:predict", {"data": b'{"instances": ' + DEEP + b"}"}, 400, "nested too deeply"),
     ("v1 wrong shape", "POST", "/v1/models/transformer:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expects [N, 8, 8]"),
     ("v1 too many instances", "POST", "/v1/models/mlp:predict", {"json": {"instances": ONE_ROW.tolist() * 1025}}, 400, "at most 1024"),
+    ("v1 probabilities overflow", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[3e38] * 30]}}, 400, "non-finite probabilities"),
     ("v2 wrong shape", "POST", "/v2/models/resnet/infer", {"json": v2_json(ONE_ROW)}, 400, "expects [N, 1, 8, 8]"),
     ("versioned v2 wrong datatype", "POST", "/v2/models/mlp/versions/1/infer", {"json": {"inputs": [{**v2_json(ONE_ROW)["inputs"][0], "datatype": "INT64"}]}}, 400, "expects FP32"),
     ("v2 binary header too long", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99"}}, 400, "body has 2 bytes"),
@@ -229,7 +230,11 @@ def test_docs_and_openapi_name_the_request_and_response_models(service):
     assert service.get("/docs").status_code == 200
     spec = service.get("/openapi.json").json()
     v1 = spec["paths"]["/v1/models/mlp:predict"]["post"]
-    assert v1["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/V1Request")
+    instances = v1["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "instances"
+    ]
+    assert (instances["minItems"], instances["maxItems"]) == (1, 1024)  # as strict as the service
+    assert (instances["items"]["minItems"], instances["items"]["maxItems"]) == (30, 30)
     assert v1["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/V1Response"
     )
@@ -238,9 +243,11 @@ def test_docs_and_openapi_name_the_request_and_response_models(service):
     )
     v2 = spec["paths"]["/v2/models/resnet/versions/{version}/infer"]["post"]
     assert set(v2["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
-    assert {"V2InferRequest", "V2InferResponse", "V2Tensor", "V2ModelMetadata"} <= set(
-        spec["components"]["schemas"]
-    )
+    tensor = v2["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert tensor["maxItems"] == 1
+    dims = tensor["items"]["properties"]["shape"]["prefixItems"]
+    assert dims[1:] == [{"const": 1}, {"const": 8}, {"const": 8}]  # resnet's [N, 1, 8, 8]
+    assert {"V2InferResponse", "V2Tensor", "V2ModelMetadata"} <= set(spec["components"]["schemas"])
     assert "mlp v1" in spec["info"]["description"]
     ready = spec["paths"]["/v2/models/mlp/ready"]["get"]
     assert set(ready["responses"]) == {"200", "404", "503"} and ready["parameters"] == []

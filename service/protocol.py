@@ -6,11 +6,11 @@ V2 includes the binary tensor data extension that tritonclient uses by default.
 """
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .errors import BadRequest
 
@@ -43,12 +43,14 @@ class V2Request:
 
 
 def _json(body: bytes, what: str) -> dict:
+    """orjson: about 10x faster than the json module on these bodies (docs/benchmarks/json.md),
+    strict JSON (NaN is not a number in JSON), and a depth limit instead of recursion."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if str(e).startswith("depth limit exceeded"):
+            raise BadRequest(f"{what} is nested too deeply to parse") from None
         raise BadRequest(f"{what} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise BadRequest(f"{what} is nested too deeply to parse") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -212,13 +214,19 @@ def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> V2Reques
     return V2Request(x=x, id=request_id, binary_output=binary_output)
 
 
+def _dumps(doc: dict) -> bytes:
+    """numpy arrays written directly, float32 values in their shortest form."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def encode_v1(probabilities: np.ndarray, sig: Signature) -> bytes:
+    probabilities = np.ascontiguousarray(probabilities)  # orjson takes contiguous rows only
     best = probabilities.argmax(axis=1)
     predictions = [
-        {"label": sig.labels[i], "index": int(i), "probabilities": row.tolist()}
+        {"label": sig.labels[i], "index": int(i), "probabilities": row}
         for i, row in zip(best, probabilities, strict=True)
     ]
-    return json.dumps({"predictions": predictions}).encode()
+    return _dumps({"predictions": predictions})
 
 
 def encode_v2(probabilities: np.ndarray, sig: Signature, request: V2Request) -> tuple[bytes, dict]:
@@ -236,9 +244,9 @@ def encode_v2(probabilities: np.ndarray, sig: Signature, request: V2Request) -> 
     if request.id is not None:
         doc["id"] = request.id
     if not request.binary_output:
-        output["data"] = probabilities.ravel().tolist()
-        return json.dumps(doc).encode(), {}
+        output["data"] = np.ascontiguousarray(probabilities).ravel()
+        return _dumps(doc), {}
     raw = probabilities.astype("<f4", copy=False).tobytes()
     output["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(doc).encode()
+    header = _dumps(doc)
     return header + raw, {BINARY_HEADER: str(len(header))}

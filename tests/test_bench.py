@@ -72,3 +72,14 @@ def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
     assert manifest["parity"]["onnxruntime"]["max_abs_diff"] <= 1e-4
     [point] = json.loads((out / "results.json").read_text())["points"]
     assert (point["server"], point["model"], point["errors"]) == ("naive-async", "resnet-cifar", 0)
+
+
+def test_the_codec_benchmark_measures_both_libraries(tmp_path):
+    out = tmp_path / "json.md"
+    command = [sys.executable, "-m", "benchmarks.codec", "--out", str(out), "--seconds", "0.05"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = out.read_text().splitlines()
+    rows = [line.split(" | ") for line in lines if line[:3] in ("| 1", "| 6")]
+    assert [row[0] for row in rows] == ["| 1", "| 64", "| 1024"]
+    assert all(float(row[3].rstrip("x")) > 0 and float(row[6].rstrip("x")) > 0 for row in rows)

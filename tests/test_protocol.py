@@ -74,6 +74,8 @@ def dumps(doc) -> bytes:
 
 
 # fmt: off
+# NaN and Infinity are not JSON: a JSON body cannot carry them (binary tensors can, and are
+# refused as not finite).
 BAD_V1: list[tuple[str, Body, str]] = [
     ("malformed JSON", lambda s: b"{not json", "not valid JSON"),
     ("empty body", lambda s: b"", "not valid JSON"),
@@ -93,11 +95,11 @@ BAD_V1: list[tuple[str, Body, str]] = [
     ("a boolean among numbers", lambda s: dumps({"instances": batch(s)}).replace(b"1.0", b"false", 1), "found a boolean"),
     ("nulls", lambda s: dumps({"instances": [[None] * size(s)]}), "only numbers"),
     ("objects", lambda s: dumps({"instances": [{"x": 1}]}), "only numbers"),
-    ("NaN", lambda s: dumps({"instances": batch(s, value=math.nan)}), "NaN or Inf"),
-    ("Infinity", lambda s: dumps({"instances": batch(s, value=math.inf)}), "NaN or Inf"),
-    ("-Infinity", lambda s: dumps({"instances": batch(s, value=-math.inf)}), "NaN or Inf"),
-    ("a huge number", lambda s: dumps({"instances": batch(s)}).replace(b"1.0", b"1e400"), "NaN or Inf"),
-    ("a huge integer", lambda s: dumps({"instances": [[10**400] * size(s)]}), "only numbers"),
+    ("NaN", lambda s: dumps({"instances": batch(s, value=math.nan)}), "not valid JSON"),
+    ("Infinity", lambda s: dumps({"instances": batch(s, value=math.inf)}), "not valid JSON"),
+    ("-Infinity", lambda s: dumps({"instances": batch(s, value=-math.inf)}), "not valid JSON"),
+    ("a huge number", lambda s: dumps({"instances": batch(s)}).replace(b"1.0", b"1e400"), "number is infinity"),
+    ("a huge integer", lambda s: dumps({"instances": [[10**400] * size(s)]}), "number is infinity"),
     ("beyond float32", lambda s: dumps({"instances": np.full((1, size(s)), 1e39).reshape(1, *s.input_shape).tolist()}), "NaN or Inf"),
     ("too many instances", lambda s: dumps({"instances": batch(s, MAX_INSTANCES + 1)}), f"at most {MAX_INSTANCES}"),
     ("nested too deeply", lambda s: b'{"instances": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}", "nested too deeply"),
@@ -124,7 +126,7 @@ BAD_V2: list[tuple[str, V2Body, str]] = [
     ("string data", lambda s: v2({"inputs": [tensor(s, data=["a"] * size(s))]}), "only numbers"),
     ("ragged data", lambda s: v2({"inputs": [tensor(s, data=[[1.0], [1.0, 2.0]])]}), "ragged"),
     ("a boolean in the data", lambda s: v2({"inputs": [tensor(s, data=[True] + [1.0] * (size(s) - 1))]}), "found a boolean"),
-    ("NaN data", lambda s: v2({"inputs": [tensor(s, data=[math.nan] * size(s))]}), "NaN or Inf"),
+    ("NaN data", lambda s: v2({"inputs": [tensor(s, data=[math.nan] * size(s))]}), "not valid JSON"),
     ("no instance", lambda s: v2({"inputs": [tensor(s, n=0)]}), "with N >= 1"),
     ("too many instances", lambda s: v2({"inputs": [tensor(s, n=MAX_INSTANCES + 1)]}), f"at most {MAX_INSTANCES}"),
     ("data nested too deeply", lambda s: (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}]}", None), "nested too deeply"),

@@ -7,17 +7,16 @@ import numpy as np
 
 from artifacts.runtimes import load_runtime
 
-from .engine import Engine, WorkerLoop
+from .engine import Engine, LitSpec, WorkerLoop
 from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
 from .repository import ServedModel
 from .settings import Settings
-from .spec import KServeSpec
 
 WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a few runs
 
 
 class ModelAPI(ls.LitAPI):
-    """The LitServe lifecycle for one model.
+    """The LitServe lifecycle for one served version of a model.
 
     setup: load and warm the runtime (the worker reports ready only after it), timing the
     warm-up batches for the batching policy; batch -> predict -> unbatch: concatenate the
@@ -25,15 +24,19 @@ class ModelAPI(ls.LitAPI):
     float32 arrays (protocol.py, in the HTTP process), so there is nothing to decode.
     """
 
-    def __init__(self, model: ServedModel, settings: Settings, engine: Engine, device: str) -> None:
+    def __init__(
+        self, model: ServedModel, settings: Settings, engine: Engine, spec: LitSpec
+    ) -> None:
         super().__init__(
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
-            spec=KServeSpec(model, settings, engine, device),
-            loop=WorkerLoop(engine.token, model.name, settings.log_level, engine.stats),
+            spec=spec,  # the model's KServeSpec for its highest version, else a VersionSpec
+            loop=WorkerLoop(engine.token, model.key, settings.log_level, engine.stats),
         )
         self.model = model
-        self.name = model.name
+        self.name = model.key  # the engine's name for this version's workers
+        self.model_name = model.name  # the metrics' model label
+        self.label = f"model '{model.name}' version {model.version}"  # for the logs
         self.threads = settings.threads
         self.warmup_costs: list[tuple[int, float]] = []
 
@@ -55,12 +58,12 @@ class ModelAPI(ls.LitAPI):
                 began = time.perf_counter()
                 self.runtime.infer(x)
             self.warmup_costs.append((size, time.perf_counter() - began))  # the warm one
-        version = str(self.model.version)
-        MODEL_LOAD.labels(self.name, version).set(time.perf_counter() - started)
-        MODEL_INFO.labels(self.name, version, self.model.backend, device).set(1)
-        self.compute_seconds = BATCH_COMPUTE.labels(self.name, self.model.backend, device)
-        self.batch_instances = BATCH_SIZE.labels(self.name)
-        self.instances_total = INSTANCES.labels(self.name)
+        name, version = self.model_name, str(self.model.version)
+        MODEL_LOAD.labels(name, version).set(time.perf_counter() - started)
+        MODEL_INFO.labels(name, version, self.model.backend, device).set(1)
+        self.compute_seconds = BATCH_COMPUTE.labels(name, self.model.backend, device)
+        self.batch_instances = BATCH_SIZE.labels(name)
+        self.instances_total = INSTANCES.labels(name)
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)

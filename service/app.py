@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import fastapi_offline
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -18,14 +19,15 @@ from artifacts.runtimes import resolve_device
 from .api import ModelAPI
 from .auth import check_api_key
 from .engine import Engine, EngineServer
-from .errors import MethodNotAllowed, NotFound, error_response, to_response
+from .errors import BadRequest, MethodNotAllowed, NotFound, error_response, to_response
 from .fastpath import InferenceFastPath
 from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
-from .schemas import Error, TritonStatistics
+from .schemas import Error, IndexEntry, TritonStatistics
 from .settings import Settings
-from .spec import KServeSpec
+from .spec import KServeSpec, VersionSpec
+from .triton import index_entries, unserved_entries
 
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
@@ -74,8 +76,13 @@ def add_offline_docs(app: FastAPI) -> None:
 def add_server_routes(
     app: FastAPI, specs: list[KServeSpec], settings: Settings, engine: Engine
 ) -> None:
-    served = sorted(spec.model.name for spec in specs)
-    queues = QueueCollector(served, settings.max_queue, engine.in_flight)
+    served = sorted(spec.name for spec in specs)
+    by_name = {spec.name: spec for spec in specs}
+
+    def in_flight(name: str) -> int:  # every served version's
+        return sum(engine.in_flight(m.key) for m in by_name[name].versions.values())
+
+    queues = QueueCollector(served, settings.max_queue, in_flight)
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -92,7 +99,7 @@ def add_server_routes(
     async def ready() -> Response:
         if engine.draining:
             return error_response(503, "not ready: the server is shutting down")
-        not_ready = [spec.model.name for spec in specs if not await spec.ready()]
+        not_ready = [spec.name for spec in specs if not await spec.ready()]
         if not_ready:
             return error_response(503, f"not ready: {', '.join(not_ready)} loading or restarting")
         return JSONResponse({"ready": True})
@@ -112,11 +119,26 @@ def add_server_routes(
     for path in ("/v1/models", "/v2/models"):
         app.add_api_route(path, model_list, methods=["GET"], tags=["metadata"])
 
+    @app.post("/v2/repository/index", tags=["repository"], response_model=list[IndexEntry])
+    async def repository_index(request: Request) -> list[dict]:
+        """Triton's model repository index: every version in the repository, read now, with
+        its state: READY, LOADING (warming up or restarting) or UNAVAILABLE and why."""
+        check_api_key(request, settings.api_key)
+        body = await request.body()
+        try:
+            ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
+        except (orjson.JSONDecodeError, AttributeError):
+            raise BadRequest('the body must be empty or {"ready": true|false}') from None
+        entries = [entry for spec in specs for entry in await index_entries(spec, settings)]
+        entries += unserved_entries(settings.repository, set(served))
+        entries.sort(key=lambda e: (e["name"], int(e["version"])))
+        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
         """Triton's statistics extension, every model."""
         check_api_key(request, settings.api_key)
-        return {"model_stats": [spec.stats() for spec in specs]}
+        return {"model_stats": [entry for spec in specs for entry in spec.stats()]}
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> Response:
@@ -153,13 +175,18 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     """The LitServer with every model's LitAPI and the server-wide routes; FastAPI neither
     redirects a trailing slash nor answers in its own error format."""
     engine = Engine(
-        [m.name for m in models],
+        [m.key for m in models],
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout,
         drain_timeout=settings.drain_timeout,
     )
     device = resolve_device(settings.device)
-    apis = [ModelAPI(model, settings, engine, device) for model in models]
+    versions: dict[str, list[ServedModel]] = {}
+    for model in models:
+        versions.setdefault(model.name, []).append(model)
+    specs = [KServeSpec(served, settings, engine, device) for served in versions.values()]
+    routed = {spec.model.key: spec for spec in specs}  # each model's highest version
+    apis = [ModelAPI(m, settings, engine, routed.get(m.key) or VersionSpec(m)) for m in models]
     server = EngineServer(
         apis,
         engine,
@@ -170,11 +197,11 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     server.app.router.redirect_slashes = False
     add_error_handlers(server.app)
     add_offline_docs(server.app)
-    add_server_routes(server.app, [api.spec for api in apis], settings, engine)
-    server.app.add_middleware(InferenceFastPath, specs=[api.spec for api in apis])
+    add_server_routes(server.app, specs, settings, engine)
+    server.app.add_middleware(InferenceFastPath, specs=specs)
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )
-    signatures = [api.spec.signature for api in apis]
+    signatures = [spec.signature for spec in specs]  # the highest version's
     document(server.app, SERVER["name"], SERVER["version"], description, signatures)
     return server

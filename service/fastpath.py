@@ -34,11 +34,13 @@ class InferenceFastPath:
         self.handlers: dict[tuple[str, str], Handler] = {}
         for spec in specs:
             for route in filter(lambda r: r.hot, MODEL_ROUTES):
-                path = route.concrete(spec.model.name, spec.model.version)
                 handler = getattr(spec, route.handler)
-                if "{version}" in route.path:
-                    handler = partial(handler, version=str(spec.model.version))
-                self.handlers[(route.method, path)] = handler
+                if "{version}" not in route.path:
+                    self.handlers[(route.method, route.concrete(spec.name, 0))] = handler
+                    continue
+                for version in spec.versions:  # every served version's own path
+                    path = route.concrete(spec.name, version)
+                    self.handlers[(route.method, path)] = partial(handler, version=str(version))
         self.answer = GZipMiddleware(self._answer, minimum_size=1000)  # as LitServe's default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

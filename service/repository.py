@@ -12,45 +12,55 @@ from artifacts.manifest import (
     versions,
 )
 
-from .settings import Settings
+from .settings import Settings, VersionPolicy
 
 
 @dataclass(frozen=True)
 class ServedModel:
+    """One served version of a model (a model may have several, by its version policy)."""
+
     name: str
     version: int
     path: Path  # the version folder
     manifest: Manifest
     available: tuple[int, ...]  # every complete version in the repository
+    policy: VersionPolicy
     backend: Backend
     max_batch_size: int
     batch_timeout: float
+
+    @property
+    def key(self) -> str:
+        """The engine's and LitServe's name for this version's workers."""
+        return f"{self.name}:{self.version}"
 
     @property
     def artifact(self) -> Path:
         return self.path / self.manifest.artifact(self.backend).path
 
 
-def _select(repository: Path, name: str, pinned: int | None) -> tuple[int, tuple[int, ...]]:
+def _select(repository: Path, name: str, policy: VersionPolicy) -> tuple[tuple[int, ...], ...]:
+    """(versions to serve, versions in the repository)."""
     available = tuple(versions(repository / name))
     if not available:
         raise ManifestError(
             f"{repository / name}: no complete version of model '{name}' "
             f"(export one with: python -m export --model {name})"
         )
-    if pinned is None:
-        return available[-1], available
-    if pinned not in available:
+    chosen = policy.select(available)
+    missing = [v for v in chosen if v not in available]
+    if missing:
         raise ManifestError(
-            f"model '{name}' version {pinned} is not in {repository / name} "
+            f"model '{name}' version {missing[0]} is not in {repository / name} "
             f"(versions there: {', '.join(map(str, available))})"
         )
-    return pinned, available
+    return chosen, available
 
 
 def load_models(settings: Settings) -> list[ServedModel]:
-    """Resolve, read and sha256-verify every model to serve; raise ManifestError naming the
-    first problem, so a bad repository stops start-up instead of serving something wrong."""
+    """Resolve, read and sha256-verify every version to serve, by model then version; raise
+    ManifestError naming the first problem, so a bad repository stops start-up instead of
+    serving something wrong."""
     repository = settings.repository
     if not repository.is_dir():
         raise ManifestError(f"model repository {repository} does not exist (make export makes it)")
@@ -60,37 +70,50 @@ def load_models(settings: Settings) -> list[ServedModel]:
         pinned = dict.fromkeys(names)
     if not pinned:
         raise ManifestError(f"model repository {repository} holds no models")
+    policies = settings.policies()
+    unknown = sorted(set(policies) - set(pinned))
+    if unknown:
+        raise ManifestError(
+            f"TENSORGATE_VERSION_POLICY names {', '.join(unknown)}, which is not served "
+            f"(served: {', '.join(pinned)})"
+        )
 
     served = []
-    for name, pin in pinned.items():
-        version, available = _select(repository, name, pin)
-        path = repository / name / str(version)
-        manifest = read_manifest(path)
-        if (manifest.name, manifest.version) != (name, version):
-            raise ManifestError(
-                f"{path}: manifest says {manifest.name} version "
-                f"{manifest.version}, but it is in {name}/{version}"
-            )
-        verify_files(path, manifest)
-        serving = manifest.serving
-        batch_timeout = (
-            serving.batch_timeout if settings.batch_timeout is None else settings.batch_timeout
-        )
-        if batch_timeout >= settings.request_timeout:
-            raise ManifestError(
-                f"model '{name}': batch timeout {batch_timeout:g} s must be below "
-                f"TENSORGATE_REQUEST_TIMEOUT ({settings.request_timeout:g} s)"
-            )
-        served.append(
-            ServedModel(
-                name=name,
-                version=version,
-                path=path,
-                manifest=manifest,
-                available=available,
-                backend=settings.backend or serving.backend,
-                max_batch_size=settings.max_batch_size or serving.max_batch_size,
-                batch_timeout=batch_timeout,
-            )
-        )
+    for name in pinned:
+        policy = policies.get(name, VersionPolicy("latest", (1,)))
+        chosen, available = _select(repository, name, policy)
+        served += [_load(settings, name, v, available, policy) for v in chosen]
     return served
+
+
+def _load(
+    settings: Settings, name: str, version: int, available: tuple[int, ...], policy: VersionPolicy
+) -> ServedModel:
+    path = settings.repository / name / str(version)
+    manifest = read_manifest(path)
+    if (manifest.name, manifest.version) != (name, version):
+        raise ManifestError(
+            f"{path}: manifest says {manifest.name} version "
+            f"{manifest.version}, but it is in {name}/{version}"
+        )
+    verify_files(path, manifest)
+    serving = manifest.serving
+    batch_timeout = (
+        serving.batch_timeout if settings.batch_timeout is None else settings.batch_timeout
+    )
+    if batch_timeout >= settings.request_timeout:
+        raise ManifestError(
+            f"model '{name}': batch timeout {batch_timeout:g} s must be below "
+            f"TENSORGATE_REQUEST_TIMEOUT ({settings.request_timeout:g} s)"
+        )
+    return ServedModel(
+        name=name,
+        version=version,
+        path=path,
+        manifest=manifest,
+        available=available,
+        policy=policy,
+        backend=settings.backend or serving.backend,
+        max_batch_size=settings.max_batch_size or serving.max_batch_size,
+        batch_timeout=batch_timeout,
+    )

@@ -80,6 +80,15 @@ class TritonStatistics(BaseModel):
     model_stats: list[TritonModelStats]
 
 
+class IndexEntry(BaseModel):
+    """One version in Triton's model repository index."""
+
+    name: str
+    version: str
+    state: str = Field(examples=["READY", "LOADING", "UNAVAILABLE"])
+    reason: str
+
+
 class ModelReady(BaseModel):
     name: str
     ready: bool

@@ -3,7 +3,7 @@
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version; "
         "unset: every model in the repository, at its highest version",
     )
+    version_policy: str | None = Field(
+        None,
+        description="which versions to serve, as Triton's version policy, comma-separated "
+        "MODEL:latest:N, MODEL:all or MODEL:specific:V1:V2...; unset: each model's latest "
+        "(the unversioned and V1 routes answer with the highest served version)",
+    )
     backend: Backend | None = Field(
         None, description="one backend for every model; unset: each manifest's (onnxruntime)"
     )
@@ -71,8 +77,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         256,
         ge=1,
-        description="requests queued or running per model, across all HTTP server processes; "
-        "more answer 503 with Retry-After",
+        description="requests queued or running per served model version, across all HTTP "
+        "server processes; more answer 503 with Retry-After",
     )
     drain_timeout: float = Field(
         30.0,
@@ -114,3 +120,56 @@ class Settings(BaseSettings):
                 raise ValueError(f"TENSORGATE_MODELS entry {item!r}: version must be a number")
             pinned[name] = int(version) if version else None
         return pinned
+
+    def policies(self) -> dict[str, "VersionPolicy"]:
+        """TENSORGATE_VERSION_POLICY as {name: policy}; models not named serve their latest."""
+        found: dict[str, VersionPolicy] = {}
+        for item in filter(None, (part.strip() for part in (self.version_policy or "").split(","))):
+            name, kind, *args = item.split(":")
+            found[name] = VersionPolicy.parse(kind, args, item)
+        for name, pin in (self.pinned_models() or {}).items():
+            if pin is not None and name in found:
+                raise ValueError(
+                    f"model {name!r} is pinned in TENSORGATE_MODELS and has a "
+                    "TENSORGATE_VERSION_POLICY: give one of them"
+                )
+            if pin is not None:
+                found[name] = VersionPolicy("specific", (pin,))
+        return found
+
+
+class VersionPolicy(NamedTuple):
+    """Triton's version policy: the latest N versions, all, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"]
+    numbers: tuple[int, ...] = (1,)  # latest: (N,); specific: the versions
+
+    @classmethod
+    def parse(cls, kind: str, args: list[str], item: str) -> "VersionPolicy":
+        expected = "MODEL:latest:N, MODEL:all or MODEL:specific:V1:V2..."
+        if not all(a.isdigit() and int(a) > 0 for a in args):
+            raise ValueError(f"TENSORGATE_VERSION_POLICY entry {item!r}: expected {expected}")
+        numbers = tuple(map(int, args))
+        if kind == "latest" and len(numbers) == 1:
+            return cls("latest", numbers)
+        if kind == "all" and not numbers:
+            return cls("all", ())
+        if kind == "specific" and numbers:
+            return cls("specific", tuple(sorted(set(numbers))))
+        raise ValueError(f"TENSORGATE_VERSION_POLICY entry {item!r}: expected {expected}")
+
+    def select(self, available: tuple[int, ...]) -> tuple[int, ...]:
+        """The versions to serve out of those in the repository (ascending)."""
+        if self.kind == "latest":
+            return available[-self.numbers[0] :]
+        if self.kind == "all":
+            return available
+        return self.numbers
+
+    def triton(self) -> dict:
+        """As Triton's model configuration writes it."""
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.numbers[0]}}
+        if self.kind == "all":
+            return {"all": {}}
+        return {"specific": {"versions": list(self.numbers)}}

@@ -63,56 +63,88 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-class KServeSpec(LitSpec):
-    def __init__(self, model: ServedModel, settings: Settings, engine: Engine, device: str) -> None:
+def api_path(model: ServedModel) -> str:
+    """LitServe's name for a version's LitAPI; its last part is LitServe's status key."""
+    return f"/{model.key}"
+
+
+def signature(model: ServedModel, max_instances: int) -> Signature:
+    tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
+    return Signature(
+        model=model.name,
+        version=model.version,
+        input_name=tensor_in.name,
+        input_shape=tuple(tensor_in.shape[1:]),
+        output_name=tensor_out.name,
+        labels=tuple(model.manifest.labels),
+        max_instances=max_instances,
+    )
+
+
+class VersionSpec(LitSpec):
+    """The LitSpec of a model's other served versions: no routes of its own, since the
+    model's KServeSpec answers every version."""
+
+    def __init__(self, model: ServedModel) -> None:
         super().__init__()
-        self.model = model
+        self.api_path = api_path(model)
+
+
+class KServeSpec(LitSpec):
+    """Every route of one model, for each of its served versions: the unversioned and V1
+    routes go to the highest."""
+
+    def __init__(
+        self, versions: list[ServedModel], settings: Settings, engine: Engine, device: str
+    ) -> None:
+        super().__init__()
+        self.versions = {m.version: m for m in sorted(versions, key=lambda m: m.version)}
+        self.model = self.versions[max(self.versions)]
+        self.name = self.model.name
         self.settings = settings
         self.engine = engine
         self.device = device  # "cpu" or "cuda", for Triton's model configuration
-        tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
-        self.signature = Signature(
-            model=model.name,
-            version=model.version,
-            input_name=tensor_in.name,
-            input_shape=tuple(tensor_in.shape[1:]),
-            output_name=tensor_out.name,
-            labels=tuple(model.manifest.labels),
-            max_instances=settings.max_instances,
-        )
-        self.api_path = f"/v1/models/{model.name}:predict"  # LitServe names the model by it
+        self.signatures = {
+            v: signature(m, settings.max_instances) for v, m in self.versions.items()
+        }
+        self.signature = self.signatures[self.model.version]
+        self.api_path = api_path(self.model)
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
-        self._children: dict[tuple[str, int], tuple] = {}
+        self._children: dict[tuple[str, int, int], tuple] = {}
         for route in MODEL_ROUTES:  # {version} stays a FastAPI path parameter
-            path = route.path.format(model=model.name, version="{version}")
+            path = route.path.format(model=self.name, version="{version}")
             self.add_endpoint(path, getattr(self, route.handler), [route.method])
 
     # -- state -------------------------------------------------------------------------
 
-    async def ready(self) -> bool:
-        """Every inference worker of this model has loaded and warmed it and is reachable."""
-        return await self.engine.ready(self.model.name)
+    async def ready(self, version: int | None = None) -> bool:
+        """Every inference worker of the version (of every served version when None) has
+        loaded and warmed it and is reachable."""
+        keys = [self.versions[version].key] if version else [m.key for m in self.versions.values()]
+        return all([await self.engine.ready(key) for key in keys])
 
-    def _check_version(self, version: str | None) -> None:
-        if version is None or version == str(self.model.version):
-            return
+    def served(self, version: str | None) -> ServedModel:
+        """The version a request names (None: the highest served), or 404."""
+        if version is None:
+            return self.model
+        if version.isdigit() and int(version) in self.versions:
+            return self.versions[int(version)]
+        served = ", ".join(map(str, self.versions))
         if version.isdigit() and int(version) in self.model.available:
             raise NotFound(
-                f"model '{self.model.name}' version {version} is in the repository but "
-                f"not served; this server serves version {self.model.version}"
+                f"model '{self.name}' version {version} is in the repository but not served "
+                f"(TENSORGATE_VERSION_POLICY); served: {served}"
             )
-        raise NotFound(
-            f"model '{self.model.name}' has no version {version!r}; served: {self.model.version}"
-        )
+        raise NotFound(f"model '{self.name}' has no version {version!r}; served: {served}")
 
     # -- inference ---------------------------------------------------------------------
 
-    async def _run(self, request: Request, x: np.ndarray) -> np.ndarray:
-        probabilities = await self.engine.submit(self.model.name, x, request.receive)
+    async def _run(self, request: Request, model: ServedModel, x: np.ndarray) -> np.ndarray:
+        probabilities = await self.engine.submit(model.key, x, request.receive)
         if not np.isfinite(probabilities).all():  # e.g. inputs near float32's limits
             raise BadRequest(
-                f"model '{self.model.name}' computes non-finite probabilities for these inputs; "
+                f"model '{self.name}' computes non-finite probabilities for these inputs; "
                 "they are far outside the range of its training data"
             )
         return probabilities
@@ -120,52 +152,53 @@ class KServeSpec(LitSpec):
     async def _serve(
         self, request: Request, protocol: str, version: str | None, handle
     ) -> Response:
-        """Auth, body, `handle(body) -> Response`, and the request's metrics, for V1 and V2."""
-        name = self.model.name
-        started, code = time.perf_counter(), 500
+        """Auth, body, `handle(body, model) -> Response`, and the request's metrics."""
+        started, code, model = time.perf_counter(), 500, self.model
         try:
             check_api_key(request, self.settings.api_key)
-            self._check_version(version)
-            response = await handle(await read_body(request, self.settings.max_body_bytes))
+            model = self.served(version)
+            body = await read_body(request, self.settings.max_body_bytes)
+            response = await handle(body, model)
             code = response.status_code
             return response
         except HTTPException as e:
             code = e.status_code
             if not isinstance(e, ClientGone):  # the worker counts those it did not compute
                 reason = e.reason if isinstance(e, ServiceError) else "inference_error"
-                REJECTIONS.labels(name, reason).inc()
+                REJECTIONS.labels(self.name, reason).inc()
             raise
         finally:
-            answered, latency = self._metrics(protocol, code)
+            answered, latency = self._metrics(protocol, code, model.version)
             took = time.perf_counter() - started
             answered.inc()
             latency.observe(took)
-            self.engine.stats.request(name, "success" if code == 200 else "fail", took)
+            self.engine.stats.request(model.key, "success" if code == 200 else "fail", took)
 
-    def _metrics(self, protocol: str, code: int) -> tuple:
-        """(requests counter, latency histogram) children for this protocol and status."""
-        children = self._children.get((protocol, code))
+    def _metrics(self, protocol: str, code: int, version: int) -> tuple:
+        """(requests counter, latency histogram) children for this protocol, status, version."""
+        children = self._children.get((protocol, code, version))
         if children is None:
-            name, version = self.model.name, str(self.model.version)
             children = (
-                REQUESTS.labels(name, version, protocol, str(code)),
-                REQUEST_DURATION.labels(name, protocol),
+                REQUESTS.labels(self.name, str(version), protocol, str(code)),
+                REQUEST_DURATION.labels(self.name, protocol),
             )
-            self._children[(protocol, code)] = children
+            self._children[(protocol, code, version)] = children
         return children
 
     async def v1_predict(self, request: Request) -> Response:
-        async def handle(body: bytes) -> Response:
-            probabilities = await self._run(request, parse_v1(body, self.signature))
-            return Response(encode_v1(probabilities, self.signature), media_type="application/json")
+        async def handle(body: bytes, model: ServedModel) -> Response:
+            sig = self.signatures[model.version]
+            probabilities = await self._run(request, model, parse_v1(body, sig))
+            return Response(encode_v1(probabilities, sig), media_type="application/json")
 
         return await self._serve(request, "v1", None, handle)
 
     async def v2_infer(self, request: Request, version: str | None = None) -> Response:
-        async def handle(body: bytes) -> Response:
-            parsed = parse_v2(body, request.headers.get(BINARY_HEADER), self.signature)
-            probabilities = await self._run(request, parsed.x)
-            content, headers = encode_v2(probabilities, self.signature, parsed)
+        async def handle(body: bytes, model: ServedModel) -> Response:
+            sig = self.signatures[model.version]
+            parsed = parse_v2(body, request.headers.get(BINARY_HEADER), sig)
+            probabilities = await self._run(request, model, parsed.x)
+            content, headers = encode_v2(probabilities, sig, parsed)
             media = "application/octet-stream" if headers else "application/json"
             return Response(content, media_type=media, headers=headers)
 
@@ -175,16 +208,16 @@ class KServeSpec(LitSpec):
 
     async def v1_status(self, request: Request) -> dict:
         check_api_key(request, self.settings.api_key)
-        return {"name": self.model.name, "ready": await self.ready()}
+        return {"name": self.name, "ready": await self.ready(self.model.version)}
 
     async def v2_metadata(self, request: Request, version: str | None = None) -> dict:
         check_api_key(request, self.settings.api_key)
-        self._check_version(version)
-        manifest = self.model.manifest
+        model = self.served(version)
+        manifest = model.manifest
         return {
-            "name": self.model.name,
-            "versions": [str(self.model.version)],
-            "platform": ARTIFACTS[self.model.backend].platform,
+            "name": self.name,
+            "versions": [str(v) for v in self.versions],
+            "platform": ARTIFACTS[model.backend].platform,
             "inputs": [t.model_dump() for t in manifest.inputs],
             "outputs": [t.model_dump() for t in manifest.outputs],
             "labels": list(manifest.labels),
@@ -192,21 +225,25 @@ class KServeSpec(LitSpec):
 
     async def v2_config(self, request: Request, version: str | None = None) -> dict:
         check_api_key(request, self.settings.api_key)
-        self._check_version(version)
-        return model_config(self.model, self.settings, self.device)
+        return model_config(self.served(version), self.settings, self.device)
 
     async def v2_stats(self, request: Request, version: str | None = None) -> dict:
+        """Triton's statistics: every served version's, or the one named."""
         check_api_key(request, self.settings.api_key)
-        self._check_version(version)
-        return {"model_stats": [self.stats()]}
+        if version is None:
+            return {"model_stats": self.stats()}
+        return {"model_stats": [self._stats(self.served(version))]}
 
-    def stats(self) -> dict:
-        """This model's entry of Triton's statistics."""
-        return self.engine.stats.triton(self.model.name, self.model.version)
+    def stats(self) -> list[dict]:
+        """Every served version's entry of Triton's statistics."""
+        return [self._stats(model) for model in self.versions.values()]
+
+    def _stats(self, model: ServedModel) -> dict:
+        return self.engine.stats.triton(model.key, model.name, model.version)
 
     async def v2_ready(self, request: Request, version: str | None = None) -> Response:
         """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""
-        self._check_version(version)
-        if not await self.ready():
-            return error_response(503, f"model '{self.model.name}' is loading or restarting")
-        return JSONResponse({"name": self.model.name, "ready": True})
+        model = self.served(version)
+        if not await self.ready(model.version):
+            return error_response(503, f"model '{self.name}' is loading or restarting")
+        return JSONResponse({"name": self.name, "ready": True})

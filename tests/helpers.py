@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from artifacts.manifest import Backend, versions
+from artifacts.manifest import Backend, read_manifest, versions
 from export.formats import INPUT_NAME
 from load_tests.payloads import Served
 from training import REGISTRY
@@ -59,10 +59,13 @@ def served(repository: Path, name: str) -> Served:
     return Served(repository, name)
 
 
-def artifact(repository: Path, name: str, backend: Backend = "onnxruntime") -> Path:
-    """The file the highest version of `name` serves with `backend`, named by its manifest."""
-    version = repository / name / str(versions(repository / name)[-1])
-    return version / served(repository, name).manifest.artifact(backend).path
+def artifact(
+    repository: Path, name: str, backend: Backend = "onnxruntime", version: int | None = None
+) -> Path:
+    """The file a version of `name` (the highest by default) serves with `backend`, named by
+    its manifest."""
+    folder = repository / name / str(version or versions(repository / name)[-1])
+    return folder / read_manifest(folder).artifact(backend).path
 
 
 def tensors(repository: Path, name: str) -> tuple[str, str]:
@@ -71,9 +74,9 @@ def tensors(repository: Path, name: str) -> tuple[str, str]:
     return manifest.inputs[0].name, manifest.outputs[0].name
 
 
-def direct(repository: Path, name: str, x: np.ndarray) -> np.ndarray:
+def direct(repository: Path, name: str, x: np.ndarray, version: int | None = None) -> np.ndarray:
     """ONNX Runtime run directly on the served artifact: the reference for every answer."""
-    path = artifact(repository, name)
+    path = artifact(repository, name, version=version)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_name, output_name = tensors(repository, name)
     return session.run([output_name], {input_name: x})[0]

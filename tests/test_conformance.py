@@ -195,3 +195,16 @@ def test_an_openapi_fuzzer_finds_no_server_error_and_no_mismatch(service):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert re.search(r"\d+ generated, (\d+) passed", done.stdout), done.stdout[-2000:]
+
+
+def test_tritonclients_repository_index_lists_every_version_and_its_state(service):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(service.url.removeprefix("http://"))
+    index = client.get_model_repository_index()
+    assert index == [
+        {"name": name, "version": "1", "state": "READY", "reason": ""} for name in NAMES
+    ]
+    assert service.post("/v2/repository/index", json={"ready": True}).json() == index
+    bad = service.post("/v2/repository/index", data=b"[1]")
+    assert bad.status_code == 400 and "ready" in bad.json()["error"]

@@ -106,6 +106,8 @@ class Doubler:
     """A real Batcher: its "model" doubles the input; a row of -1s makes the batch fail."""
 
     name = "doubler"
+    model_name = "doubler"
+    label = "model 'doubler' version 1"
     max_batch_size = 8
     batch_timeout = 0.0
     request_timeout = 5.0
@@ -176,7 +178,7 @@ def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     assert api.batches == [8, 4]  # four requests fill the first batch; the rest run next
     for i in range(6):
         np.testing.assert_array_equal(answers[i].output, x(2, 2 * i))
-    entry = api.stats.triton("doubler", 3)
+    entry = api.stats.triton("doubler", "doubler", 3)
     assert (entry["name"], entry["version"]) == ("doubler", "3")
     assert (entry["inference_count"], entry["execution_count"]) == (12, 2)
     stats = entry["inference_stats"]

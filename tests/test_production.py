@@ -201,7 +201,9 @@ def test_a_killed_worker_fails_only_its_requests_and_comes_back(exported, tmp_pa
     log = tmp_path / "service.log"
     process, port = serve(exported, log, models="mlp,resnet")
     try:
-        found = re.search(r"model resnet worker 0 serving \(pid (\d+)\)", log.read_text())
+        found = re.search(
+            r"model 'resnet' version 1: worker 0 serving \(pid (\d+)\)", log.read_text()
+        )
         assert found, log.read_text()
         resnet_body = json.dumps({"instances": rows("resnet", 8).tolist()}).encode()
         mlp = Clients(port, "/v1/models/mlp:predict", MLP_BODY, {}, 4)
@@ -251,7 +253,7 @@ def test_a_model_that_cannot_load_stops_the_server_naming_it(exported, tmp_path)
     )
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - started < 30
-    assert "model 'mlp' could not be loaded" in result.stderr, result.stderr
+    assert "model 'mlp' version 1 could not be loaded" in result.stderr, result.stderr
 
 
 def test_the_queue_bound_holds_across_http_processes(exported, tmp_path):
@@ -355,7 +357,11 @@ def test_two_workers_share_a_model_and_one_dying_leaves_the_other_serving(export
     log = tmp_path / "service.log"
     process, port = serve(exported, log, models="resnet", workers_per_device=2)
     try:
-        pids = dict(re.findall(r"model resnet worker (\d) serving \(pid (\d+)\)", log.read_text()))
+        pids = dict(
+            re.findall(
+                r"model 'resnet' version 1: worker (\d) serving \(pid (\d+)\)", log.read_text()
+            )
+        )
         assert set(pids) == {"0", "1"}, log.read_text()
         x = rows("resnet", 8)
         expected = direct(exported, "resnet", x)

@@ -74,3 +74,44 @@ def test_a_batch_timeout_beyond_the_request_timeout_is_refused(two_versions):
     settings = Settings(repository=two_versions, models="mlp", batch_timeout=2, request_timeout=1)
     with pytest.raises(ManifestError, match="batch timeout 2 s must be below"):
         load_models(settings)
+
+
+@pytest.mark.parametrize(
+    ("policy", "mlp_versions"),
+    [
+        ("mlp:latest:2", [1, 2]),
+        ("mlp:latest:5", [1, 2]),
+        ("mlp:all", [1, 2]),
+        ("mlp:specific:1", [1]),
+        (None, [2]),
+    ],
+)
+def test_the_version_policy_chooses_the_versions_served_side_by_side(
+    two_versions, policy, mlp_versions
+):
+    served = load_models(Settings(repository=two_versions, version_policy=policy))
+    assert [m.version for m in served if m.name == "mlp"] == mlp_versions
+    assert [m.version for m in served if m.name == "resnet"] == [1]  # latest:1 by default
+    assert len({m.key for m in served}) == len(served)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"version_policy": "mlp:latest"}, "expected MODEL:latest:N"),
+        ({"version_policy": "mlp:newest:2"}, "expected MODEL:latest:N"),
+        ({"version_policy": "mlp:specific"}, "expected MODEL:latest:N"),
+        ({"version_policy": "mlp:all:2"}, "expected MODEL:latest:N"),
+        ({"version_policy": "mlp:specific:1", "models": "mlp:1"}, "give one of them"),
+    ],
+)
+def test_a_bad_version_policy_is_refused_with_the_forms_it_takes(settings, says):
+    with pytest.raises(ValueError, match=says):
+        Settings(**settings).policies()
+
+
+def test_a_policy_for_a_version_or_model_not_there_is_refused_by_name(two_versions):
+    with pytest.raises(ManifestError, match="version 7 is not in"):
+        load_models(Settings(repository=two_versions, version_policy="mlp:specific:1:7"))
+    with pytest.raises(ManifestError, match="names vgg, which is not served"):
+        load_models(Settings(repository=two_versions, version_policy="vgg:all"))

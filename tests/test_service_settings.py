@@ -13,7 +13,10 @@ import torch
 import tritonclient.http as httpclient
 from helpers import NAMES, artifact, direct, rows, tensors, v2_json
 
+from export.pipeline import export_model
 from load_tests.servers import free_port, running_service
+from training import REGISTRY, train_and_save
+from training.checkpoint import CHECKPOINT_NAME
 
 
 def test_a_full_queue_answers_503_with_retry_after(exported, tmp_path):
@@ -170,3 +173,51 @@ def test_bad_settings_exit_2_and_help_lists_the_flags():
         [sys.executable, "-m", "service", "--host", "10.0.0.1"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "not one LitServe binds" in done.stderr
+
+
+def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
+    """mlp version 1 as exported, version 2 trained with another seed: latest:2 serves both,
+    each with its own answers; the unversioned and V1 routes take the highest."""
+    repository = tmp_path / "repository"
+    shutil.copytree(exported / "mlp", repository / "mlp")
+    train_and_save("mlp", tmp_path / "runs", device="cpu", seed=1, progress=False)
+    export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
+    test = REGISTRY["mlp"].dataset().test  # from a malignant tumour to a benign one, in steps:
+    a, b = test.x[test.y == 0][0].numpy(), test.x[test.y == 1][0].numpy()  # near the middle
+    x = np.stack([a + t * (b - a) for t in np.linspace(0, 1, 6)]).astype(np.float32)  # neither
+    expected = {v: direct(repository, "mlp", x, version=v) for v in (1, 2)}  # model is sure
+    assert np.abs(expected[1] - expected[2]).max() > 1e-3  # the two versions differ
+    with running_service(repository, tmp_path, version_policy="mlp:latest:2") as s:
+        for v in (1, 2):
+            answer = s.post(f"/v2/models/mlp/versions/{v}/infer", json=v2_json(x)).json()
+            assert answer["model_version"] == str(v)
+            got = np.array(answer["outputs"][0]["data"], np.float32).reshape(6, 2)
+            np.testing.assert_allclose(got, expected[v], atol=1e-5, rtol=0)
+            assert s.get(f"/v2/models/mlp/versions/{v}/ready").status_code == 200
+            assert s.metric("tensorgate_model_info", model="mlp", version=str(v)) == 1
+        latest = s.post("/v2/models/mlp/infer", json=v2_json(x)).json()
+        assert latest["model_version"] == "2"
+        v1 = s.post("/v1/models/mlp:predict", json={"instances": x.tolist()}).json()
+        got = np.array([p["probabilities"] for p in v1["predictions"]], np.float32)
+        np.testing.assert_allclose(got, expected[2], atol=1e-5, rtol=0)
+        assert s.get("/v2/models/mlp").json()["versions"] == ["1", "2"]
+        assert s.get("/v2/models/mlp/versions/3/ready").status_code == 404
+        config = s.get("/v2/models/mlp/config").json()
+        assert config["version_policy"] == {"latest": {"num_versions": 2}}
+        stats = s.get("/v2/models/mlp/stats").json()["model_stats"]
+        assert [(e["version"], e["inference_stats"]["success"]["count"]) for e in stats] == [
+            ("1", 1),
+            ("2", 3),  # its versioned route, the unversioned one and V1
+        ]
+        export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
+        index = s.post("/v2/repository/index").json()
+        assert [(e["name"], e["version"], e["state"]) for e in index] == [
+            ("mlp", "1", "READY"),
+            ("mlp", "2", "READY"),
+            ("mlp", "3", "UNAVAILABLE"),  # exported after start: no hot loading yet
+        ]
+        assert "restart" in index[2]["reason"]
+        for v, count in (("1", 1), ("2", 3)):
+            assert (
+                s.metric("tensorgate_requests_total", model="mlp", version=v, code="200") == count
+            )

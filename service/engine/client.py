@@ -1,10 +1,11 @@
 """The HTTP side's way into the workers: `await engine.submit(model, x)`, `engine.ready(model)`,
 `engine.draining`.
 
-One `Engine` is made in the main process before LitServe forks its HTTP processes; what the
-processes share lives in shared memory (requests in flight per model, for the one queue bound
-of TENSORGATE_MAX_QUEUE across every HTTP process, and the time a drain began). Each HTTP
-process opens its own connection to every worker of every model, on its own event loop:
+The engine's "model" is a served model version, named like "mlp:2". One `Engine` is made in
+the main process before LitServe forks its HTTP processes; what the processes share lives in
+shared memory (requests in flight per model, for the one queue bound of TENSORGATE_MAX_QUEUE
+across every HTTP process, and the time a drain began). Each HTTP process opens its own
+connection to every worker of every model, on its own event loop:
 
 - a request goes to the model's connected worker with the fewest requests in flight;
 - a worker's death closes its connections, which fails its requests at once (503) and marks

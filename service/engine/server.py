@@ -111,7 +111,7 @@ class EngineServer(ls.LitServer):
             engine.workers[api.name] = len(self._inference_workers_config_for_api(api.api_path))
             if engine.workers[api.name] > MAX_WORKERS:
                 raise RuntimeError(
-                    f"model '{api.name}': {engine.workers[api.name]} inference workers; "
+                    f"{api.label}: {engine.workers[api.name]} inference workers; "
                     f"at most {MAX_WORKERS} are supported"
                 )
         # uvicorn's own deadline comes after ours, so that late requests answer 503 first
@@ -162,7 +162,7 @@ class EngineServer(ls.LitServer):
     def _failure(api: ls.LitAPI, process: mp.Process, state: str) -> str:
         how = "raised in setup" if state == WorkerSetupStatus.ERROR else "died"
         return (
-            f"model '{api.name}' could not be loaded: its inference worker {how} "
+            f"{api.label} could not be loaded: its inference worker {how} "
             f"(exit code {process.exitcode}); its traceback is in the log above"
         )
 
@@ -232,14 +232,14 @@ class EngineServer(ls.LitServer):
                 )
                 return
         logger.error(
-            "model '%s' worker %d (pid %s) died with exit code %s; its in-flight requests "
+            "%s: worker %d (pid %s) died with exit code %s; its in-flight requests "
             "answered 503; starting a new one",
-            api.name,
+            api.label,
             worker_id,
             process.pid,
             process.exitcode,
         )
-        WORKER_RESTARTS.labels(api.name).inc()
+        WORKER_RESTARTS.labels(api.model_name).inc()
         self.inference_workers[index] = self.launch_single_inference_worker(api, worker_id)
 
     def _give_up(self, reason: str) -> None:

@@ -27,27 +27,28 @@ SLOT = {name: i for i, name in enumerate(BATCH_FIELDS)}
 
 
 class Stats:
-    def __init__(self, models: list[str]) -> None:
-        self.index = {name: i for i, name in enumerate(models)}
+    def __init__(self, keys: list[str]) -> None:
+        """`keys`: the engine's names of each served model version."""
+        self.index = {name: i for i, name in enumerate(keys)}
         ctx = mp.get_context("spawn")  # made before LitServe's processes, so they share it
         # Written by the HTTP processes, under a lock they alone take.
-        self.requests = ctx.Array("Q", len(models) * len(REQUEST_FIELDS))
+        self.requests = ctx.Array("Q", len(keys) * len(REQUEST_FIELDS))
         # One slot per model and worker, each written by that worker alone and read without
         # a lock: a worker killed while writing holds no lock that would stop the others.
-        self.batches = ctx.RawArray("Q", len(models) * MAX_WORKERS * len(BATCH_FIELDS))
+        self.batches = ctx.RawArray("Q", len(keys) * MAX_WORKERS * len(BATCH_FIELDS))
 
-    def request(self, model: str, outcome: Literal["success", "fail"], seconds: float) -> None:
+    def request(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request answered (HTTP side)."""
-        base = self.index[model] * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
+        base = self.index[key] * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
         with self.requests.get_lock():
             self.requests[base] += 1
             self.requests[base + 1] += int(seconds * 1e9)
 
     def batch(
-        self, model: str, worker_id: int, queued: list[float], compute: float, instances: int
+        self, key: str, worker_id: int, queued: list[float], compute: float, instances: int
     ) -> None:
         """One batch run by a worker: each request's queue seconds, the batch's compute."""
-        base = (self.index[model] * MAX_WORKERS + worker_id) * len(BATCH_FIELDS)
+        base = (self.index[key] * MAX_WORKERS + worker_id) * len(BATCH_FIELDS)
         values = self.batches
         values[base + SLOT["queue_count"]] += len(queued)
         values[base + SLOT["queue_ns"]] += int(sum(queued) * 1e9)
@@ -57,8 +58,8 @@ class Stats:
         values[base + SLOT["execution_count"]] += 1
         values[base + SLOT["last_inference_ms"]] = int(time.time() * 1000)
 
-    def read(self, model: str) -> dict[str, int]:
-        i = self.index[model]
+    def read(self, key: str) -> dict[str, int]:
+        i = self.index[key]
         with self.requests.get_lock():
             base = i * len(REQUEST_FIELDS)
             totals = {f: self.requests[base + k] for k, f in enumerate(REQUEST_FIELDS)}
@@ -72,9 +73,9 @@ class Stats:
             totals[field] = max(column) if field == "last_inference_ms" else sum(column)
         return totals
 
-    def triton(self, model: str, version: int) -> dict:
-        """One entry of Triton's `model_stats`."""
-        v = self.read(model)
+    def triton(self, key: str, model: str, version: int) -> dict:
+        """One entry of Triton's `model_stats`, for the engine's `key` of a model's version."""
+        v = self.read(key)
 
         def pair(kind: str) -> dict[str, int]:
             return {"count": v[f"{kind}_count"], "ns": v[f"{kind}_ns"]}

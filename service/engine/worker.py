@@ -35,7 +35,9 @@ READ_CHUNK = 1 << 20
 class Batcher(Protocol):
     """What the loop needs of a LitAPI: its limits and LitServe's batch -> predict -> unbatch."""
 
-    name: str
+    name: str  # the engine's name for the workers (a model's version)
+    model_name: str  # the metrics' model label
+    label: str  # "model 'mlp' version 1", for the logs
     max_batch_size: int
     batch_timeout: float
     request_timeout: float | None
@@ -79,7 +81,7 @@ class WorkerLoop(LitLoop):
         )
         addr = address(self.token, self.model, worker_id)
         worker = Worker(lit_api, addr, self.stats, worker_id)
-        logger.info("model %s worker %d serving (pid %d)", self.model, worker_id, os.getpid())
+        logger.info("%s: worker %d serving (pid %d)", lit_api.label, worker_id, os.getpid())
         worker.serve()
 
 
@@ -95,8 +97,8 @@ class Worker:
         self.listener.listen(128)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
-        self.queue_seconds = QUEUE_DURATION.labels(api.name)
-        self.cancelled = REJECTIONS.labels(api.name, "cancelled")
+        self.queue_seconds = QUEUE_DURATION.labels(api.model_name)
+        self.cancelled = REJECTIONS.labels(api.model_name, "cancelled")
 
     def serve(self) -> None:
         while True:

@@ -1,5 +1,7 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
+import asyncio
+import time
 from pathlib import Path
 
 import fastapi_offline
@@ -19,7 +21,14 @@ from artifacts.runtimes import resolve_device
 from .api import ModelAPI
 from .auth import check_api_key
 from .engine import Engine, EngineServer
-from .errors import BadRequest, MethodNotAllowed, NotFound, error_response, to_response
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    Unavailable,
+    error_response,
+    to_response,
+)
 from .fastpath import InferenceFastPath
 from .metrics import QueueCollector, render
 from .openapi import document
@@ -133,6 +142,44 @@ def add_server_routes(
         entries += unserved_entries(settings.repository, set(served))
         entries.sort(key=lambda e: (e["name"], int(e["version"])))
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
+    async def control(request: Request, model: str, action: str) -> dict:
+        """Triton's explicit model control, for the models served since start."""
+        check_api_key(request, settings.api_key)
+        if settings.model_control != "explicit":
+            raise BadRequest(
+                f"cannot {action} '{model}': the model control mode is none "
+                "(TENSORGATE_MODEL_CONTROL=explicit allows it)"
+            )
+        if model not in by_name:
+            raise BadRequest(
+                f"cannot {action} '{model}': only the models served since start can be "
+                f"loaded and unloaded ({', '.join(served)}); loading new ones is not built yet"
+            )
+        spec = by_name[model]
+        if action == "unload":
+            spec.unload()
+            return {}
+        spec.load()
+        deadline = time.monotonic() + settings.request_timeout
+        while not await spec.ready():
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    f"model '{model}' did not become ready within "
+                    f"{settings.request_timeout:g} s (TENSORGATE_REQUEST_TIMEOUT)"
+                )
+            await asyncio.sleep(0.1)
+        return {}
+
+    refusal = {400: {"model": Error, "description": "model control off, or not served at start"}}
+
+    @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses=refusal)
+    async def load(request: Request, model: str) -> dict:
+        return await control(request, model, "load")
+
+    @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses=refusal)
+    async def unload(request: Request, model: str) -> dict:
+        return await control(request, model, "unload")
 
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:

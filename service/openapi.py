@@ -83,6 +83,12 @@ def document(
                     # the handlers' optional `version` is a path parameter, never a query one
                     params = operation.get("parameters", [])
                     operation["parameters"] = [p for p in params if p["in"] == "path"]
+        names = sorted(sig.model for sig in models)
+        for operations in schema["paths"].values():  # e.g. /v2/repository/models/{model}/load
+            for operation in operations.values():
+                for param in operation.get("parameters", []):
+                    if param["in"] == "path" and param["name"] == "model":
+                        param["schema"] = {"type": "string", "enum": names}
         app.openapi_schema = schema
         return schema
 

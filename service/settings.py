@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         "MODEL:latest:N, MODEL:all or MODEL:specific:V1:V2...; unset: each model's latest "
         "(the unversioned and V1 routes answer with the highest served version)",
     )
+    model_control: Literal["none", "explicit"] = Field(
+        "none",
+        description="explicit: POST /v2/repository/models/NAME/unload and /load stop and start "
+        "a served model's workers (Triton's model control mode); none: they are refused",
+    )
     backend: Backend | None = Field(
         None, description="one backend for every model; unset: each manifest's (onnxruntime)"
     )

@@ -119,10 +119,20 @@ class KServeSpec(LitSpec):
     # -- state -------------------------------------------------------------------------
 
     async def ready(self, version: int | None = None) -> bool:
-        """Every inference worker of the version (of every served version when None) has
-        loaded and warmed it and is reachable."""
-        keys = [self.versions[version].key] if version else [m.key for m in self.versions.values()]
+        """Every inference worker of the version (when None: of every served version not
+        unloaded) has loaded and warmed it and is reachable."""
+        if version is not None:
+            return await self.engine.ready(self.versions[version].key)
+        keys = [m.key for m in self.versions.values() if not self.engine.is_unloaded(m.key)]
         return all([await self.engine.ready(key) for key in keys])
+
+    def unload(self) -> None:
+        for model in self.versions.values():
+            self.engine.unload(model.key)
+
+    def load(self) -> None:
+        for model in self.versions.values():
+            self.engine.load(model.key)
 
     def served(self, version: str | None) -> ServedModel:
         """The version a request names (None: the highest served), or 404."""

@@ -58,7 +58,9 @@ async def index_entries(spec: "KServeSpec", settings: Settings) -> list[dict]:
     entries = []
     for version in versions(settings.repository / spec.name):
         entry = {"name": spec.name, "version": str(version)}
-        if version in spec.versions:
+        if version in spec.versions and spec.engine.is_unloaded(spec.versions[version].key):
+            entry["state"], entry["reason"] = "UNAVAILABLE", "unloaded"
+        elif version in spec.versions:
             ready = await spec.ready(version)
             entry["state"] = "READY" if ready else "LOADING"
             entry["reason"] = "" if ready else "loading, warming up or restarting"

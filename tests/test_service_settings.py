@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -221,3 +222,44 @@ def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
             assert (
                 s.metric("tensorgate_requests_total", model="mlp", version=v, code="200") == count
             )
+
+
+def test_explicit_model_control_unloads_and_loads_a_model_the_others_untouched(exported, tmp_path):
+    settings = {"model_control": "explicit", "api_key": "s3cret"}
+    with running_service(exported, tmp_path, **settings) as s:
+        key = {"Authorization": "Bearer s3cret"}
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        assert s.post("/v2/repository/models/resnet/unload").status_code == 401  # the key
+        client.unload_model("resnet", headers=key)
+        body = v2_json(rows("resnet", 2))
+        refused = s.post("/v2/models/resnet/infer", json=body, headers=key)
+        assert refused.status_code == 503 and "unloaded" in refused.json()["error"]
+        assert s.post("/v1/models/mlp:predict", json={"instances": rows("mlp", 1).tolist()},
+                      headers=key).status_code == 200  # fmt: skip
+        assert s.get("/v2/health/ready").status_code == 200  # the loaded models are ready
+        assert s.get("/v2/models/resnet/ready").status_code == 503
+        index = {e["name"]: e for e in client.get_model_repository_index(headers=key)}
+        assert (index["resnet"]["state"], index["resnet"]["reason"]) == ("UNAVAILABLE", "unloaded")
+        assert index["mlp"]["state"] == "READY"
+        deadline = time.monotonic() + 15
+        while "model 'resnet' version 1: unloaded" not in s.log.read_text():
+            assert time.monotonic() < deadline, s.log.read_text()
+            time.sleep(0.1)
+        client.load_model("resnet", headers=key)  # returns once it is ready again
+        assert client.is_model_ready("resnet", headers=key)
+        again = s.post("/v2/models/resnet/infer", json=body, headers=key)
+        assert again.status_code == 200, again.text
+        unknown = s.post("/v2/repository/models/vgg/load", headers=key)
+        assert (
+            unknown.status_code == 400
+            and "only the models served since start" in unknown.json()["error"]
+        )
+
+
+def test_without_explicit_model_control_load_and_unload_are_refused(service):
+    refused = service.post("/v2/repository/models/mlp/unload")
+    assert (
+        refused.status_code == 400
+        and "TENSORGATE_MODEL_CONTROL=explicit" in refused.json()["error"]
+    )
+    assert service.post("/v1/models/mlp:predict", json={"instances": rows("mlp", 1).tolist()}).ok

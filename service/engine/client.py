@@ -168,6 +168,9 @@ class Engine:
         self.counts = ctx.Array("q", len(models) + 1)
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(models)  # Triton's inference statistics
+        # 1 where a model is unloaded (Triton's unload): HTTP processes set it and refuse new
+        # requests; the main process stops its workers once its requests are answered
+        self.unloaded = ctx.RawArray("b", len(models))
         self._local: dict[str, ModelLinks] | None = None  # this process's, made on first use
         self._watcher: asyncio.Task | None = None
 
@@ -232,8 +235,19 @@ class Engine:
                     if not future.done():
                         future.set_exception(late)
 
+    def is_unloaded(self, model: str) -> bool:
+        return bool(self.unloaded[self.index[model]])
+
+    def unload(self, model: str) -> None:
+        self.unloaded[self.index[model]] = 1
+
+    def load(self, model: str) -> None:
+        self.unloaded[self.index[model]] = 0
+
     async def ready(self, model: str) -> bool:
-        return not self.draining and await self._links(model).ready()
+        if self.draining or self.is_unloaded(model):
+            return False
+        return await self._links(model).ready()
 
     async def submit(self, model: str, x: np.ndarray, receive: Receive | None = None) -> np.ndarray:
         """The model's probabilities for `x` (instances, *input), batched with other requests.
@@ -245,6 +259,10 @@ class Engine:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         self._admit(model)
         try:
+            if self.is_unloaded(model):  # checked after admitting: see EngineServer._control
+                raise Unavailable(
+                    f"model '{model}' is unloaded (POST /v2/repository/models/.../load loads it)"
+                )
             link = await self._links(model).pick()
             uid, future = link.send(x)
             return await self._wait(model, link, uid, future, receive)

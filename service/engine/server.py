@@ -118,6 +118,7 @@ class EngineServer(ls.LitServer):
         self.uvicorn_graceful_timeout = engine.drain_timeout + 5
         self.exit_reason: str | None = None  # set when the server stops because of a failure
         self.start_failures: dict[int, int] = {}
+        self.stopped: set[int] = set()  # worker slots stopped by an unload
 
     # -- who is who ----------------------------------------------------------------------
 
@@ -205,7 +206,8 @@ class EngineServer(ls.LitServer):
                 time.sleep(SUPERVISE_EVERY)
 
     def _supervise_once(self) -> None:
-        sentinels = {p.sentinel: i for i, p in enumerate(self.inference_workers)}
+        running = [i for i in range(len(self.inference_workers)) if i not in self.stopped]
+        sentinels = {self.inference_workers[i].sentinel: i for i in running}
         http = {p.sentinel: p for p in self.http_processes}
         dead = mp.connection.wait([*sentinels, *http], timeout=SUPERVISE_EVERY)
         if self.engine.draining or self._shutdown_event.is_set():
@@ -215,6 +217,26 @@ class EngineServer(ls.LitServer):
                 self._give_up(f"HTTP server process {http[sentinel].pid} died")
                 return
             self._replace(sentinels[sentinel])
+        self._control()
+
+    def _control(self) -> None:
+        """Triton's unload and load, asked for by an HTTP process through the engine's flags:
+        an unloaded model's workers stop once its admitted requests are answered (a request
+        admitted after the flag was set sees it and is refused, so none is lost); a loaded
+        one's stopped workers start again."""
+        for index, (api, worker_id) in enumerate(self._slots()):
+            unloaded = self.engine.is_unloaded(api.name)
+            if unloaded and index not in self.stopped and not self.engine.in_flight(api.name):
+                self.stopped.add(index)
+                process = self.inference_workers[index]
+                process.terminate()
+                process.join(timeout=STOP_WORKERS_WITHIN)
+                logger.info("%s: unloaded; worker %d stopped", api.label, worker_id)
+            elif not unloaded and index in self.stopped:
+                self.stopped.discard(index)
+                self.start_failures[index] = 0
+                self.inference_workers[index] = self.launch_single_inference_worker(api, worker_id)
+                logger.info("%s: loading; worker %d starting", api.label, worker_id)
 
     def _replace(self, index: int) -> None:
         api, worker_id = self._slots()[index]

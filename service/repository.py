@@ -39,7 +39,9 @@ class ServedModel:
         return self.path / self.manifest.artifact(self.backend).path
 
 
-def _select(repository: Path, name: str, policy: VersionPolicy) -> tuple[tuple[int, ...], ...]:
+def _select(
+    repository: Path, name: str, policy: VersionPolicy
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(versions to serve, versions in the repository)."""
     available = tuple(versions(repository / name))
     if not available:

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from helpers import artifact, direct, rows, served
+from helpers import artifact, direct, rows, served, v2_json
 
 from load_tests.payloads import request_body
 from load_tests.servers import START_TIMEOUT, free_port, running_service
@@ -35,6 +35,7 @@ class Clients:
     def __init__(self, port: int, path: str, body: bytes, headers: dict, n: int) -> None:
         self.port, self.path, self.body, self.headers = port, path, body, headers
         self.outcomes: Counter = Counter()
+        self.errors: Counter = Counter()  # the error messages of the answers that were not 200
         self.latencies: list[tuple[float, float, object]] = []  # (sent, answered, outcome)
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -63,13 +64,16 @@ class Clients:
             try:
                 conn.request("POST", self.path, self.body, self.headers)
                 response = conn.getresponse()
-                response.read()
+                content = response.read()
             except (OSError, http.client.HTTPException):
                 self.count("cut", sent)
                 conn.close()
                 conn = None
                 continue
             self.count(response.status, sent)
+            if response.status != 200:
+                with self.lock:
+                    self.errors[json.loads(content).get("error", "")[:60]] += 1
             if response.will_close:  # Connection: close
                 conn.close()
                 conn = None
@@ -391,3 +395,38 @@ def test_two_workers_share_a_model_and_one_dying_leaves_the_other_serving(export
     assert during and set(during) == {200}, during  # worker 1 served while 0 restarted
     probabilities = np.array([p["probabilities"] for p in got], np.float32)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)
+
+
+def test_an_unload_under_load_answers_every_admitted_request(exported, tmp_path):
+    """8 clients post to resnet while it is unloaded: each request is answered 200 (admitted
+    before the unload) or 503 saying it is unloaded; none is cut or meets a stopped worker."""
+    log = tmp_path / "service.log"
+    process, port = serve(exported, log, models="resnet,mlp", model_control="explicit")
+    try:
+        body = json.dumps(v2_json(rows("resnet", 64))).encode()
+        clients = Clients(port, "/v2/models/resnet/infer", body, {}, 8)
+        time.sleep(1.0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v2/repository/models/resnet/unload")
+        assert answer(conn) == 200
+        deadline = time.monotonic() + 15
+        while "model 'resnet' version 1: unloaded" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        outcomes = clients.join()
+        conn.request("POST", "/v2/repository/models/resnet/load")
+        assert answer(conn) == 200
+        conn.request("POST", "/v2/models/resnet/infer", body)
+        assert answer(conn) == 200
+    finally:
+        stop(process)
+    assert set(outcomes) == {200, 503} and outcomes[200] > 8, outcomes
+    assert clients.errors and all("is unloaded" in e for e in clients.errors), clients.errors
+
+
+def answer(conn: http.client.HTTPConnection) -> int:
+    """The status of the answer to the request just sent, read whole."""
+    response = conn.getresponse()
+    response.read()
+    return response.status

@@ -82,7 +82,7 @@ def load_models(settings: Settings) -> list[ServedModel]:
 
     served = []
     for name in pinned:
-        policy = policies.get(name, VersionPolicy("latest", (1,)))
+        policy = policies.get(name, VersionPolicy("latest"))  # the latest one
         chosen, available = _select(repository, name, policy)
         served += [_load(settings, name, v, available, policy) for v in chosen]
     return served

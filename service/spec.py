@@ -23,7 +23,6 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     ServiceError,
-    Unavailable,
     UnsupportedMedia,
     error_response,
 )
@@ -152,11 +151,6 @@ class KServeSpec(LitSpec):
     # -- inference ---------------------------------------------------------------------
 
     async def _run(self, request: Request, model: ServedModel, x: np.ndarray) -> np.ndarray:
-        if self.engine.is_unloaded(model.key):
-            raise Unavailable(
-                f"model '{self.name}' version {model.version} is unloaded; "
-                f"POST /v2/repository/models/{self.name}/load loads it"
-            )
         probabilities = await self.engine.submit(model.key, x, request.receive)
         if not np.isfinite(probabilities).all():  # e.g. inputs near float32's limits
             raise BadRequest(

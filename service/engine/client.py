@@ -261,7 +261,8 @@ class Engine:
         try:
             if self.is_unloaded(model):  # checked after admitting: see EngineServer._control
                 raise Unavailable(
-                    f"model '{model}' is unloaded (POST /v2/repository/models/.../load loads it)"
+                    f"model version '{model}' is unloaded; "
+                    "POST /v2/repository/models/<model>/load serves it again"
                 )
             link = await self._links(model).pick()
             uid, future = link.send(x)

@@ -15,9 +15,8 @@ from typing import Literal
 MAX_WORKERS = 64  # inference workers per model that can count (each has its own slot)
 REQUEST_FIELDS = ("success_count", "success_ns", "fail_count", "fail_ns")
 BATCH_FIELDS = (
-    "queue_count",
+    "queue_count",  # requests run, which is also compute_infer's count
     "queue_ns",
-    "compute_count",
     "compute_ns",
     "inference_count",
     "execution_count",
@@ -52,7 +51,6 @@ class Stats:
         values = self.batches
         values[base + SLOT["queue_count"]] += len(queued)
         values[base + SLOT["queue_ns"]] += int(sum(queued) * 1e9)
-        values[base + SLOT["compute_count"]] += len(queued)
         values[base + SLOT["compute_ns"]] += int(compute * 1e9) * len(queued)
         values[base + SLOT["inference_count"]] += instances
         values[base + SLOT["execution_count"]] += 1
@@ -77,8 +75,8 @@ class Stats:
         """One entry of Triton's `model_stats`, for the engine's `key` of a model's version."""
         v = self.read(key)
 
-        def pair(kind: str) -> dict[str, int]:
-            return {"count": v[f"{kind}_count"], "ns": v[f"{kind}_ns"]}
+        def pair(kind: str, count: str | None = None) -> dict[str, int]:
+            return {"count": v[count or f"{kind}_count"], "ns": v[f"{kind}_ns"]}
 
         none = {"count": 0, "ns": 0}  # input and output copies happen inside compute here
         return {
@@ -92,7 +90,7 @@ class Stats:
                 "fail": pair("fail"),
                 "queue": pair("queue"),
                 "compute_input": none,
-                "compute_infer": pair("compute"),
+                "compute_infer": pair("compute", count="queue_count"),  # every request run
                 "compute_output": none,
                 "cache_hit": none,
                 "cache_miss": none,

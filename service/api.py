@@ -25,8 +25,9 @@ class ModelAPI(ls.LitAPI):
     """
 
     def __init__(
-        self, model: ServedModel, settings: Settings, engine: Engine, spec: LitSpec
+        self, model: ServedModel, settings: Settings, engine: Engine, spec: LitSpec, slot: int
     ) -> None:
+        """`slot`: the version's slot in the engine's version table, claimed for it."""
         super().__init__(
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
@@ -35,6 +36,7 @@ class ModelAPI(ls.LitAPI):
         )
         self.model = model
         self.name = model.key  # the engine's name for this version's workers
+        self.slot = slot
         self.model_name = model.name  # the metrics' model label
         self.label = f"model '{model.name}' version {model.version}"  # for the logs
         self.threads = settings.threads

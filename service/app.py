@@ -20,7 +20,7 @@ from artifacts.runtimes import resolve_device
 
 from .api import ModelAPI
 from .auth import check_api_key
-from .engine import Engine, EngineServer
+from .engine import Action, Engine, EngineServer, VersionTable
 from .errors import (
     BadRequest,
     MethodNotAllowed,
@@ -30,17 +30,20 @@ from .errors import (
     to_response,
 )
 from .fastpath import InferenceFastPath
+from .lifecycle import Lifecycle
 from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
 from .schemas import Error, IndexEntry, TritonStatistics
 from .settings import Settings
-from .spec import KServeSpec, VersionSpec
+from .spec import KServeSpec, VersionSpec, api_path
 from .triton import index_entries, unserved_entries
 
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
+LOAD_WAIT = 600  # seconds a load call waits for the main process to load the model
+READY_WAIT = 5  # seconds more for this HTTP process to reach the new workers
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -88,8 +91,8 @@ def add_server_routes(
     served = sorted(spec.name for spec in specs)
     by_name = {spec.name: spec for spec in specs}
 
-    def in_flight(name: str) -> int:  # every served version's
-        return sum(engine.in_flight(m.key) for m in by_name[name].versions.values())
+    def in_flight(name: str) -> int:  # every version's that has workers
+        return sum(engine.in_flight(s.key) for s in engine.table.slots() if s.model == name)
 
     queues = QueueCollector(served, settings.max_queue, in_flight)
 
@@ -143,43 +146,42 @@ def add_server_routes(
         entries.sort(key=lambda e: (e["name"], int(e["version"])))
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
-    async def control(request: Request, model: str, action: str) -> dict:
-        """Triton's explicit model control, for the models served since start."""
+    async def control(request: Request, model: str, action: Action) -> dict:
+        """Triton's explicit model control, carried out by the main process (lifecycle.py):
+        a load returns once the model's new versions serve, or says why one could not."""
         check_api_key(request, settings.api_key)
+        verb = action.name.lower()
         if settings.model_control != "explicit":
             raise BadRequest(
-                f"cannot {action} '{model}': the model control mode is none "
-                "(TENSORGATE_MODEL_CONTROL=explicit allows it)"
+                f"cannot {verb} '{model}': the model control mode is "
+                f"{settings.model_control} (TENSORGATE_MODEL_CONTROL=explicit allows it)"
             )
         if model not in by_name:
             raise BadRequest(
-                f"cannot {action} '{model}': only the models served since start can be "
-                f"loaded and unloaded ({', '.join(served)}); loading new ones is not built yet"
+                f"cannot {verb} '{model}': only the models served since start can be "
+                f"loaded and unloaded ({', '.join(served)}); restart to serve a new model"
             )
-        spec = by_name[model]
-        if action == "unload":
-            spec.unload()
-            return {}
-        spec.load()
-        deadline = time.monotonic() + settings.request_timeout
-        while not await spec.ready():
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"model '{model}' did not become ready within "
-                    f"{settings.request_timeout:g} s (TENSORGATE_REQUEST_TIMEOUT)"
-                )
-            await asyncio.sleep(0.1)
+        request_id = engine.table.ask(model, action)
+        outcome = await engine.table.outcome(model, request_id, LOAD_WAIT)
+        if outcome is None:
+            raise Unavailable(f"model '{model}': no answer to the {verb} within {LOAD_WAIT:g} s")
+        if not outcome.ok:
+            raise BadRequest(f"failed to load '{model}': {outcome.reason}")
+        if action == Action.LOAD:
+            await _until_ready(by_name[model])
         return {}
 
-    refusal = {400: {"model": Error, "description": "model control off, or not served at start"}}
+    refusal = {
+        400: {"model": Error, "description": "model control not explicit, or the load failed"}
+    }
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses=refusal)
     async def load(request: Request, model: str) -> dict:
-        return await control(request, model, "load")
+        return await control(request, model, Action.LOAD)
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses=refusal)
     async def unload(request: Request, model: str) -> dict:
-        return await control(request, model, "unload")
+        return await control(request, model, Action.UNLOAD)
 
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
@@ -206,6 +208,15 @@ def add_server_routes(
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
 
 
+async def _until_ready(spec: KServeSpec) -> None:
+    """Until this HTTP process reaches the workers of the versions now serving."""
+    deadline = time.monotonic() + READY_WAIT
+    while not await spec.ready():
+        if time.monotonic() > deadline:
+            raise Unavailable(f"model '{spec.name}' loaded but not reachable in {READY_WAIT} s")
+        await asyncio.sleep(0.05)
+
+
 def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:
     """The methods the app's routes take at this request's path, other methods being asked:
     one rule for every route, so a wrong method is a 405 naming them, not a 404."""
@@ -221,22 +232,30 @@ def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:
 def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     """The LitServer with every model's LitAPI and the server-wide routes; FastAPI neither
     redirects a trailing slash nor answers in its own error format."""
+    versions: dict[str, list[ServedModel]] = {}
+    for model in models:
+        versions.setdefault(model.name, []).append(model)
+    table = VersionTable(list(versions))
     engine = Engine(
-        [m.key for m in models],
+        table,
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout,
         drain_timeout=settings.drain_timeout,
     )
     device = resolve_device(settings.device)
-    versions: dict[str, list[ServedModel]] = {}
-    for model in models:
-        versions.setdefault(model.name, []).append(model)
     specs = [KServeSpec(served, settings, engine, device) for served in versions.values()]
-    routed = {spec.model.key: spec for spec in specs}  # each model's highest version
-    apis = [ModelAPI(m, settings, engine, routed.get(m.key) or VersionSpec(m)) for m in models]
+    routed = {spec.api_path: spec for spec in specs}  # each model's highest version at start
+
+    def make_api(model: ServedModel, slot: int) -> ModelAPI:
+        spec = routed.pop(api_path(model), None) or VersionSpec(model)
+        return ModelAPI(model, settings, engine, spec, slot)
+
+    apis = [make_api(m, table.claim(m.name, m.version)) for m in models]
+    policies = {name: served[0].policy for name, served in versions.items()}
     server = EngineServer(
         apis,
         engine,
+        Lifecycle(settings, table, policies, make_api),
         accelerator=device,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
@@ -249,6 +268,6 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )
-    signatures = [spec.signature for spec in specs]  # the highest version's
+    signatures = [spec.signature for spec in specs]  # the highest version's at start
     document(server.app, SERVER["name"], SERVER["version"], description, signatures)
     return server

@@ -11,6 +11,7 @@
     ├── InferenceFailed     500  the model raised while running a batch
     ├── Overloaded          503  the model's queue is full (with Retry-After)
     ├── Unavailable         503  the model's worker died or is (re)starting (with Retry-After)
+    │   └── Retired         503  the version stopped serving after the request chose it
     ├── ShuttingDown        503  the server is draining (Retry-After, Connection: close)
     └── Timeout             504  no answer within TENSORGATE_REQUEST_TIMEOUT
 
@@ -114,6 +115,13 @@ class Unavailable(Overloaded):
     """The model's worker died or is (re)starting."""
 
     reason = "unavailable"
+
+
+class Retired(Unavailable):
+    """The version stopped taking requests after this one chose it: a newer version took
+    over, or it was unloaded. The unversioned routes retry on the version serving now."""
+
+    reason = "retired"
 
 
 class ShuttingDown(ServiceError):

@@ -4,10 +4,11 @@ dependencies.
 At 64 connections on mlp, FastAPI and Starlette's per-request machinery (exception and
 exit-stack middleware, the route scan, dependency solving) took about half of the HTTP
 process's CPU, and that process was the bottleneck. The hot routes stay registered in
-FastAPI, so /docs and /openapi.json describe them and every other method, path or version
-goes the usual way; this ASGI layer answers exactly the routes the table marks hot, for the
-served model versions, with the same handlers, the same error mapping and the same gzip
-response compression. A middleware added to the FastAPI app does not see these requests:
+FastAPI, so /docs and /openapi.json describe them and every other method or path goes the
+usual way; this ASGI layer answers exactly the routes the table marks hot, for any version
+number (versions come and go while the server runs; the handler answers 404 for one not
+served, as through FastAPI), with the same handlers, the same error mapping and the same
+gzip response compression. A middleware added to the FastAPI app does not see these requests:
 add it around this one (app.py) instead.
 """
 
@@ -23,6 +24,7 @@ from .routes import MODEL_ROUTES
 from .spec import KServeSpec
 
 Handler = Callable[[Request], Awaitable[Response]]
+HANDLER = "tensorgate.handler"  # the scope key that carries the handler past GZipMiddleware
 
 
 class InferenceFastPath:
@@ -32,29 +34,44 @@ class InferenceFastPath:
     def __init__(self, app: ASGIApp, specs: list[KServeSpec]) -> None:
         self.app = app
         self.handlers: dict[tuple[str, str], Handler] = {}
+        # method -> (path before the version, path after it, handler): versions come and go
+        self.versioned: dict[str, list[tuple[str, str, Handler]]] = {}
         for spec in specs:
             for route in filter(lambda r: r.hot, MODEL_ROUTES):
                 handler = getattr(spec, route.handler)
                 if "{version}" not in route.path:
                     self.handlers[(route.method, route.concrete(spec.name, 0))] = handler
                     continue
-                for version in spec.versions:  # every served version's own path
-                    path = route.concrete(spec.name, version)
-                    self.handlers[(route.method, path)] = partial(handler, version=str(version))
+                before, after = route.path.format(model=spec.name, version="\0").split("\0")
+                self.versioned.setdefault(route.method, []).append((before, after, handler))
         self.answer = GZipMiddleware(self._answer, minimum_size=1000)  # as LitServe's default
 
+    def find(self, method: str, path: str) -> Handler | None:
+        """The hot route's handler for this method and path, if it is one."""
+        handler = self.handlers.get((method, path))
+        if handler is not None:
+            return handler
+        for before, after, handler in self.versioned.get(method, ()):
+            if path.startswith(before) and path.endswith(after):
+                version = path[len(before) : len(path) - len(after)]
+                if version.isdigit():
+                    return partial(handler, version=version)
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["method"], scope["path"]) in self.handlers:
-            # GZipMiddleware only when the client takes gzip: its wrapping costs every request
-            gzip = any(k == b"accept-encoding" and b"gzip" in v for k, v in scope["headers"])
-            await (self.answer if gzip else self._answer)(scope, receive, send)
-        else:
+        handler = self.find(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
             await self.app(scope, receive, send)
+            return
+        # GZipMiddleware only when the client takes gzip: its wrapping costs every request
+        gzip = any(k == b"accept-encoding" and b"gzip" in v for k, v in scope["headers"])
+        scope[HANDLER] = handler
+        await (self.answer if gzip else self._answer)(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            response = await self.handlers[(scope["method"], scope["path"])](request)
+            response = await scope[HANDLER](request)
         except Exception as e:
             response = to_response(e, scope["method"], scope["path"])
         await response(scope, receive, send)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # Sub-millisecond to 30 s: small models answer in well under a millisecond on the CPU.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -59,6 +59,11 @@ MODEL_INFO = Gauge(
 REJECTIONS = Counter(
     "tensorgate_rejections", "Requests refused before inference, by reason.", ["model", "reason"]
 )
+LOAD_FAILURES = Counter(
+    "tensorgate_model_load_failures",
+    "Versions that failed verification or loading while the server ran (lifecycle.py).",
+    ["model", "version"],
+)
 WORKER_RESTARTS = Counter(
     "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
 )
@@ -96,3 +101,10 @@ def render(*collectors: object) -> bytes:
     for collector in collectors:
         registry.register(collector)
     return generate_latest(registry)
+
+
+def forget_process(pid: int | None) -> None:
+    """Drop a stopped worker's live gauges (its model info and load time): an unloaded or
+    replaced version's worker no longer says it serves."""
+    if pid is not None:
+        mark_process_dead(pid)

@@ -23,7 +23,6 @@ class ServedModel:
     version: int
     path: Path  # the version folder
     manifest: Manifest
-    available: tuple[int, ...]  # every complete version in the repository
     policy: VersionPolicy
     backend: Backend
     max_batch_size: int
@@ -39,10 +38,14 @@ class ServedModel:
         return self.path / self.manifest.artifact(self.backend).path
 
 
-def _select(
-    repository: Path, name: str, policy: VersionPolicy
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(versions to serve, versions in the repository)."""
+def policy_of(settings: Settings, name: str) -> VersionPolicy:
+    """The model's version policy: TENSORGATE_VERSION_POLICY's or TENSORGATE_MODELS' pin,
+    else its latest version."""
+    return settings.policies().get(name, VersionPolicy("latest"))
+
+
+def _select(repository: Path, name: str, policy: VersionPolicy) -> tuple[int, ...]:
+    """The versions to serve, all of them in the repository."""
     available = tuple(versions(repository / name))
     if not available:
         raise ManifestError(
@@ -56,7 +59,7 @@ def _select(
             f"model '{name}' version {missing[0]} is not in {repository / name} "
             f"(versions there: {', '.join(map(str, available))})"
         )
-    return chosen, available
+    return chosen
 
 
 def load_models(settings: Settings) -> list[ServedModel]:
@@ -82,15 +85,17 @@ def load_models(settings: Settings) -> list[ServedModel]:
 
     served = []
     for name in pinned:
-        policy = policies.get(name, VersionPolicy("latest"))  # the latest one
-        chosen, available = _select(repository, name, policy)
-        served += [_load(settings, name, v, available, policy) for v in chosen]
+        policy = policy_of(settings, name)
+        served += [describe(settings, name, v, policy) for v in _select(repository, name, policy)]
     return served
 
 
-def _load(
-    settings: Settings, name: str, version: int, available: tuple[int, ...], policy: VersionPolicy
+def describe(
+    settings: Settings, name: str, version: int, policy: VersionPolicy, verify: bool = True
 ) -> ServedModel:
+    """A version as it will be served, from its manifest; `verify` checks every file's
+    sha256 first (the main process does, before loading it; an HTTP process that learns of
+    a version already loaded reads only the manifest)."""
     path = settings.repository / name / str(version)
     manifest = read_manifest(path)
     if (manifest.name, manifest.version) != (name, version):
@@ -98,7 +103,8 @@ def _load(
             f"{path}: manifest says {manifest.name} version "
             f"{manifest.version}, but it is in {name}/{version}"
         )
-    verify_files(path, manifest)
+    if verify:
+        verify_files(path, manifest)
     serving = manifest.serving
     batch_timeout = (
         serving.batch_timeout if settings.batch_timeout is None else settings.batch_timeout
@@ -113,7 +119,6 @@ def _load(
         version=version,
         path=path,
         manifest=manifest,
-        available=available,
         policy=policy,
         backend=settings.backend or serving.backend,
         max_batch_size=settings.max_batch_size or serving.max_batch_size,

@@ -44,10 +44,15 @@ class Settings(BaseSettings):
         "MODEL:latest:N, MODEL:all or MODEL:specific:V1:V2...; unset: each model's latest "
         "(the unversioned and V1 routes answer with the highest served version)",
     )
-    model_control: Literal["none", "explicit"] = Field(
+    model_control: Literal["none", "poll", "explicit"] = Field(
         "none",
-        description="explicit: POST /v2/repository/models/NAME/unload and /load stop and start "
-        "a served model's workers (Triton's model control mode); none: they are refused",
+        description="as Triton's model control mode: none serves the versions chosen at "
+        "start; poll reads the repository again every --repository-poll seconds, loading new "
+        "versions and unloading removed ones; explicit does so for one model at "
+        "POST /v2/repository/models/NAME/load, and .../unload unloads it",
+    )
+    repository_poll: float = Field(
+        5.0, gt=0, description="seconds between repository reads when --model-control is poll"
     )
     backend: Backend | None = Field(
         None, description="one backend for every model; unset: each manifest's (onnxruntime)"

@@ -13,22 +13,24 @@ import numpy as np
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from artifacts.manifest import ARTIFACTS
+from artifacts.manifest import ARTIFACTS, versions
 
 from .auth import check_api_key
-from .engine import Engine, LitSpec
+from .engine import Engine, LitSpec, State
 from .errors import (
     BadRequest,
     ClientGone,
     NotFound,
     PayloadTooLarge,
+    Retired,
     ServiceError,
+    Unavailable,
     UnsupportedMedia,
     error_response,
 )
 from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
-from .repository import ServedModel
+from .repository import ServedModel, describe
 from .routes import MODEL_ROUTES
 from .settings import Settings
 from .triton import model_config
@@ -92,23 +94,29 @@ class VersionSpec(LitSpec):
 
 class KServeSpec(LitSpec):
     """Every route of one model, for each of its served versions: the unversioned and V1
-    routes go to the highest."""
+    routes go to the highest.
+
+    Which versions are served changes while the server runs (lifecycle.py): each HTTP
+    process reads the engine's version table again when it has changed, and reads the
+    manifest of a version it has not seen."""
 
     def __init__(
         self, versions: list[ServedModel], settings: Settings, engine: Engine, device: str
     ) -> None:
         super().__init__()
-        self.versions = {m.version: m for m in sorted(versions, key=lambda m: m.version)}
-        self.model = self.versions[max(self.versions)]
-        self.name = self.model.name
+        highest = max(versions, key=lambda m: m.version)
+        self.name = highest.name
+        self.policy = highest.policy
         self.settings = settings
         self.engine = engine
         self.device = device  # "cpu" or "cuda", for Triton's model configuration
-        self.signatures = {
-            v: signature(m, settings.max_instances) for v, m in self.versions.items()
-        }
-        self.signature = self.signatures[self.model.version]
-        self.api_path = api_path(self.model)
+        self.api_path = api_path(highest)
+        self.known = {m.version: m for m in versions}  # every version read, served or not
+        self.signatures = {m.version: signature(m, settings.max_instances) for m in versions}
+        self.signature = self.signatures[highest.version]  # the OpenAPI document's
+        self.versions: dict[int, ServedModel] = {}  # the serving ones, ascending
+        self.model: ServedModel | None = None  # the highest serving one
+        self._generation = -1
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
         self._children: dict[tuple[str, int, int], tuple] = {}
@@ -118,35 +126,64 @@ class KServeSpec(LitSpec):
 
     # -- state -------------------------------------------------------------------------
 
+    def refresh(self) -> None:
+        """Serve what the version table says, once per change of the table."""
+        table = self.engine.table
+        if table.generation.value == self._generation:
+            return
+        self._generation = table.generation.value
+        serving = sorted(
+            slot.version
+            for slot in table.slots()
+            if slot.model == self.name and slot.state == State.SERVING
+        )
+        for version in serving:
+            if version not in self.known:  # loaded since start: verified by the main process
+                model = describe(self.settings, self.name, version, self.policy, verify=False)
+                self.known[version] = model
+                self.signatures[version] = signature(model, self.settings.max_instances)
+        self.versions = {v: self.known[v] for v in serving}
+        self.model = self.versions[serving[-1]] if serving else None
+
+    def unloaded(self) -> bool:
+        """Unloaded through the repository API (until loaded again)."""
+        return bool(self.engine.table.unloaded[self.engine.table.models.index(self.name)])
+
     async def ready(self, version: int | None = None) -> bool:
-        """Every inference worker of the version (when None: of every served version not
-        unloaded) has loaded and warmed it and is reachable."""
+        """Every inference worker of the version (when None: of every serving version) has
+        loaded and warmed it and is reachable."""
+        self.refresh()
         if version is not None:
-            return await self.engine.ready(self.versions[version].key)
-        keys = [m.key for m in self.versions.values() if not self.engine.is_unloaded(m.key)]
-        return all([await self.engine.ready(key) for key in keys])
-
-    def unload(self) -> None:
-        for model in self.versions.values():
-            self.engine.unload(model.key)
-
-    def load(self) -> None:
-        for model in self.versions.values():
-            self.engine.load(model.key)
+            return version in self.versions and await self.engine.ready(f"{self.name}:{version}")
+        return all([await self.engine.ready(m.key) for m in self.versions.values()])
 
     def served(self, version: str | None) -> ServedModel:
-        """The version a request names (None: the highest served), or 404."""
+        """The version a request names (None: the highest serving), or 404 or 503."""
+        self.refresh()
         if version is None:
+            if self.model is None:
+                raise Unavailable(self._none_serving())
             return self.model
         if version.isdigit() and int(version) in self.versions:
             return self.versions[int(version)]
-        served = ", ".join(map(str, self.versions))
-        if version.isdigit() and int(version) in self.model.available:
+        served = ", ".join(map(str, self.versions)) or "none"
+        if version.isdigit() and int(version) in versions(self.settings.repository / self.name):
             raise NotFound(
                 f"model '{self.name}' version {version} is in the repository but not served "
-                f"(TENSORGATE_VERSION_POLICY); served: {served}"
+                f"(the repository index says why); served: {served}"
             )
         raise NotFound(f"model '{self.name}' has no version {version!r}; served: {served}")
+
+    def _none_serving(self) -> str:
+        if self.unloaded():
+            return (
+                f"model '{self.name}' is unloaded; "
+                f"POST /v2/repository/models/{self.name}/load serves it again"
+            )
+        folder = self.settings.repository / self.name
+        if not versions(folder):
+            return f"model '{self.name}' has no version in {folder} any more"
+        return f"model '{self.name}' has no version serving yet (the repository index says why)"
 
     # -- inference ---------------------------------------------------------------------
 
@@ -162,13 +199,22 @@ class KServeSpec(LitSpec):
     async def _serve(
         self, request: Request, protocol: str, version: str | None, handle
     ) -> Response:
-        """Auth, body, `handle(body, model) -> Response`, and the request's metrics."""
+        """Auth, body, `handle(body, model) -> Response`, and the request's metrics. A request
+        for no version in particular whose version is retired before it was admitted (a new
+        version took over) runs on the version serving now."""
+        self.refresh()
         started, code, model = time.perf_counter(), 500, self.model
         try:
             check_api_key(request, self.settings.api_key)
             model = self.served(version)
             body = await read_body(request, self.settings.max_body_bytes)
-            response = await handle(body, model)
+            try:
+                response = await handle(body, model)
+            except Retired:
+                if version is not None:
+                    raise
+                model = self.served(None)
+                response = await handle(body, model)
             code = response.status_code
             return response
         except HTTPException as e:
@@ -178,11 +224,13 @@ class KServeSpec(LitSpec):
                 REJECTIONS.labels(self.name, reason).inc()
             raise
         finally:
-            answered, latency = self._metrics(protocol, code, model.version)
+            label = model.version if model is not None else 0  # 0: no version serving
+            answered, latency = self._metrics(protocol, code, label)
             took = time.perf_counter() - started
             answered.inc()
             latency.observe(took)
-            self.engine.stats.request(model.key, "success" if code == 200 else "fail", took)
+            if model is not None:
+                self.engine.record(model.key, "success" if code == 200 else "fail", took)
 
     def _metrics(self, protocol: str, code: int, version: int) -> tuple:
         """(requests counter, latency histogram) children for this protocol, status, version."""
@@ -218,7 +266,7 @@ class KServeSpec(LitSpec):
 
     async def v1_status(self, request: Request) -> dict:
         check_api_key(request, self.settings.api_key)
-        return {"name": self.name, "ready": await self.ready(self.model.version)}
+        return {"name": self.name, "ready": await self.ready(self.served(None).version)}
 
     async def v2_metadata(self, request: Request, version: str | None = None) -> dict:
         check_api_key(request, self.settings.api_key)
@@ -242,17 +290,25 @@ class KServeSpec(LitSpec):
         check_api_key(request, self.settings.api_key)
         if version is None:
             return {"model_stats": self.stats()}
-        return {"model_stats": [self._stats(self.served(version))]}
+        return {"model_stats": self._stats(self.served(version))}
 
     def stats(self) -> list[dict]:
         """Every served version's entry of Triton's statistics."""
-        return [self._stats(model) for model in self.versions.values()]
+        self.refresh()
+        return [entry for model in self.versions.values() for entry in self._stats(model)]
 
-    def _stats(self, model: ServedModel) -> dict:
-        return self.engine.stats.triton(model.key, model.name, model.version)
+    def _stats(self, model: ServedModel) -> list[dict]:
+        """The version's entry; none if it was retired a moment ago."""
+        slot = self.engine.slot(model.key)
+        if slot is None:
+            return []
+        return [self.engine.stats.triton(slot.index, model.name, model.version)]
 
     async def v2_ready(self, request: Request, version: str | None = None) -> Response:
         """Open like the health endpoints (probes carry no key): 200 ready, 503 not yet."""
+        self.refresh()
+        if version is None and self.model is None:
+            return error_response(503, self._none_serving())
         model = self.served(version)
         if not await self.ready(model.version):
             return error_response(503, f"model '{self.name}' is loading or restarting")

@@ -1,13 +1,15 @@
 """Triton's extensions, in Triton's JSON names: the model configuration
 (`GET /v2/models/{m}/config`, derived from the manifest and the settings: the fields
 perf_analyzer, model-analyzer and tritonclient read) and the model repository index
-(`POST /v2/repository/index`, read from the repository at each call)."""
+(`POST /v2/repository/index`, read from the repository and the version table at each
+call)."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
+from .engine import Slot, State
 from .repository import ServedModel
 from .settings import Settings
 
@@ -53,26 +55,48 @@ def model_config(model: ServedModel, settings: Settings, device: str) -> dict:
 
 
 async def index_entries(spec: "KServeSpec", settings: Settings) -> list[dict]:
-    """A served model's versions in the repository: served ones READY or LOADING, the others
-    UNAVAILABLE, saying why."""
+    """A served model's versions, in the repository or still with workers, each with its
+    state (READY, LOADING or UNAVAILABLE) and why."""
+    spec.refresh()
+    table = spec.engine.table
+    slots = {s.version: s for s in table.slots() if s.model == spec.name}
+    on_disk = tuple(versions(settings.repository / spec.name))
     entries = []
-    for version in versions(settings.repository / spec.name):
-        entry = {"name": spec.name, "version": str(version)}
-        if version in spec.versions and spec.engine.is_unloaded(spec.versions[version].key):
-            entry["state"], entry["reason"] = "UNAVAILABLE", "unloaded"
-        elif version in spec.versions:
-            ready = await spec.ready(version)
-            entry["state"] = "READY" if ready else "LOADING"
-            entry["reason"] = "" if ready else "loading, warming up or restarting"
-        else:
-            entry["state"] = "UNAVAILABLE"
-            entry["reason"] = (
-                "not served by the version policy (TENSORGATE_VERSION_POLICY)"
-                if version <= max(spec.model.available)
-                else "exported after the server started: restart it to serve this version"
-            )
-        entries.append(entry)
+    for version in sorted(set(on_disk) | set(slots)):
+        state, reason = await _state(spec, settings, version, slots.get(version), on_disk)
+        entries.append(
+            {"name": spec.name, "version": str(version), "state": state, "reason": reason}
+        )
     return entries
+
+
+async def _state(
+    spec: "KServeSpec", settings: Settings, version: int, slot: Slot | None, on_disk: tuple
+) -> tuple[str, str]:
+    if slot is not None and slot.state == State.SERVING:
+        if await spec.ready(version):
+            return "READY", ""
+        return "LOADING", "restarting a worker"
+    if slot is not None and slot.state == State.LOADING:
+        return "LOADING", "verified; loading and warming up"
+    if slot is not None:
+        return "UNAVAILABLE", "unloading: answering the requests it admitted"
+    failed, failure = spec.engine.table.failure(spec.name)
+    if spec.unloaded():
+        return "UNAVAILABLE", "unloaded"
+    if failed == version:
+        return "UNAVAILABLE", f"failed to load: {failure}"
+    if version not in spec.policy.select(on_disk):
+        return "UNAVAILABLE", "not served by the version policy (TENSORGATE_VERSION_POLICY)"
+    return "UNAVAILABLE", NOT_LOADED[settings.model_control].format(model=spec.name)
+
+
+NOT_LOADED = {  # why a version the policy picks has no workers, by model control mode
+    "none": "exported after the server started: restart it to serve this version, "
+    "or serve with TENSORGATE_MODEL_CONTROL=poll or explicit",
+    "poll": "not loaded yet: the next repository poll loads it",
+    "explicit": "not loaded yet: POST /v2/repository/models/{model}/load loads it",
+}
 
 
 def unserved_entries(repository: Path, served: set[str]) -> list[dict]:

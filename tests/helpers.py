@@ -1,9 +1,14 @@
 """What several test files share: held-out rows, the reference answers, request bodies, the
 external tools. Test files import this module, never each other."""
 
+import http.client
+import json
 import os
 import shutil
 import sys
+import threading
+import time
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -54,6 +59,14 @@ def rows(name: str, n: int, start: int = 0) -> np.ndarray:
     return np.resize(x[start:], (n, *x.shape[1:]))  # cycles when n is beyond the split
 
 
+def uncertain_mlp_rows() -> np.ndarray:
+    """Six rows from a malignant tumour to a benign one, in steps: near the middle, where
+    neither model is sure, two mlp versions trained with other seeds answer differently."""
+    test = REGISTRY["mlp"].dataset().test
+    a, b = test.x[test.y == 0][0].numpy(), test.x[test.y == 1][0].numpy()
+    return np.stack([a + t * (b - a) for t in np.linspace(0, 1, 6)]).astype(np.float32)
+
+
 def served(repository: Path, name: str) -> Served:
     """The highest version's manifest and examples, as the load tests read them."""
     return Served(repository, name)
@@ -85,3 +98,70 @@ def direct(repository: Path, name: str, x: np.ndarray, version: int | None = Non
 def v2_json(x: np.ndarray, **extra) -> dict:
     tensor = {"name": INPUT_NAME, "datatype": "FP32", "shape": list(x.shape)}
     return {"inputs": [{**tensor, "data": x.ravel().tolist()}], **extra}
+
+
+class Clients:
+    """`n` threads posting `body` to `path` back to back on keep-alive connections, as clients
+    that honour Retry-After do (tests of the server's faults and lifecycle use them). Each outcome is counted: a status code, "refused" (the
+    connection was never made, so nothing was sent) or "cut" (sent, but no whole answer)."""
+
+    def __init__(
+        self, port: int, path: str, body: bytes, headers: dict, n: int, field: str | None = None
+    ) -> None:
+        self.port, self.path, self.body, self.headers = port, path, body, headers
+        self.field = field  # a field of the 200 answers' JSON to keep, in `fields`
+        self.fields: list[tuple[float, object]] = []  # (answered, the field's value)
+        self.outcomes: Counter = Counter()
+        self.errors: Counter = Counter()  # the error messages of the answers that were not 200
+        self.latencies: list[tuple[float, float, object]] = []  # (sent, answered, outcome)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def count(self, outcome: object, sent: float) -> None:
+        with self.lock:
+            self.outcomes[outcome] += 1
+            self.latencies.append((sent, time.monotonic(), outcome))
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                try:
+                    conn.connect()
+                except ConnectionRefusedError:
+                    self.count("refused", time.monotonic())
+                    conn = None
+                    time.sleep(0.05)
+                    continue
+            sent = time.monotonic()
+            try:
+                conn.request("POST", self.path, self.body, self.headers)
+                response = conn.getresponse()
+                content = response.read()
+            except (OSError, http.client.HTTPException):
+                self.count("cut", sent)
+                conn.close()
+                conn = None
+                continue
+            self.count(response.status, sent)
+            if response.status == 200 and self.field:
+                with self.lock:
+                    self.fields.append((time.monotonic(), json.loads(content)[self.field]))
+            if response.status != 200:
+                with self.lock:
+                    self.errors[json.loads(content).get("error", "")[:60]] += 1
+            if response.will_close:  # Connection: close
+                conn.close()
+                conn = None
+            if response.status == 503:
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+
+    def join(self) -> Counter:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        return self.outcomes

@@ -1,6 +1,8 @@
 """The engine's parts without a server: the wire format, the batching policy, the worker's loop
-on a real socket, the LitServe version check, and that no other module reaches into LitServe."""
+on a real socket, the version table, the LitServe version check, and that no other module
+reaches into LitServe."""
 
+import asyncio
 import re
 import socket
 import threading
@@ -12,10 +14,65 @@ import numpy as np
 import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
+from service.engine.client import Engine
 from service.engine.server import LITSERVE_VERSION, check_litserve_version
 from service.engine.stats import Stats
+from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame
 from service.engine.worker import Worker
+from service.errors import Retired
+
+# -- the version table ---------------------------------------------------------------------
+
+
+def test_slots_are_claimed_freed_and_reused_and_every_write_is_a_new_generation():
+    table = VersionTable(["mlp", "resnet"], capacity=2)
+    first = table.claim("mlp", 1)
+    second = table.claim("resnet", 3)
+    assert [s.key for s in table.slots()] == ["mlp:1", "resnet:3"]
+    assert table.read(second).state == State.LOADING
+    with pytest.raises(RuntimeError, match="2 versions are loaded already"):
+        table.claim("mlp", 2)
+    generation = table.generation.value
+    table.set_state(first, State.FREE)
+    assert table.generation.value == generation + 1
+    assert table.claim("mlp", 2) == first  # the freed slot
+    assert table.read(first).key == "mlp:2"
+
+
+def test_a_load_is_asked_answered_and_its_failure_reason_read_back():
+    table = VersionTable(["mlp"])
+    request = table.ask("mlp", Action.LOAD)
+    assert table.pending("mlp") == (Action.LOAD, request)
+    table.fail("mlp", 3, "model.onnx: sha256 does not match")
+    table.answer("mlp", request, ok=False)
+    assert table.pending("mlp") is None
+    outcome = asyncio.run(table.outcome("mlp", request, timeout=1))
+    assert outcome == (False, "model.onnx: sha256 does not match")
+    assert table.failure("mlp") == (3, "model.onnx: sha256 does not match")
+    assert asyncio.run(table.outcome("mlp", request + 1, timeout=0.1)) is None  # never asked
+
+
+def test_a_version_retired_while_a_request_is_admitted_refuses_it_and_releases_its_count():
+    """The race Engine.submit closes: the main process retires the version between the
+    request's lookup and its admission, so the request must not reach the old workers."""
+    table = VersionTable(["mlp"])
+    slot = table.claim("mlp", 1)
+    table.set_state(slot, State.SERVING)
+    engine = Engine(table, max_queue=8, request_timeout=5, drain_timeout=5)
+    admit = engine._admit
+
+    def admit_then_retire(key: str, index: int) -> None:
+        admit(key, index)
+        table.set_state(slot, State.RETIRING)  # what EngineServer.retire does
+
+    engine._admit = admit_then_retire
+    with pytest.raises(Retired, match="stopped serving"):
+        asyncio.run(engine.submit("mlp:1", np.zeros((1, 3), np.float32)))
+    assert engine.in_flight("mlp:1") == 0 and engine.answered() == 1
+    with pytest.raises(Retired, match="is not serving"):  # and every request after it
+        asyncio.run(engine.submit("mlp:1", np.zeros((1, 3), np.float32)))
+
 
 # -- wire ----------------------------------------------------------------------------------
 
@@ -106,6 +163,7 @@ class Doubler:
     """A real Batcher: its "model" doubles the input; a row of -1s makes the batch fail."""
 
     name = "doubler"
+    slot = 0
     model_name = "doubler"
     label = "model 'doubler' version 1"
     max_batch_size = 8
@@ -115,7 +173,7 @@ class Doubler:
 
     def __init__(self) -> None:
         self.batches: list[int] = []  # instances per batch run
-        self.stats = Stats([self.name])  # what the worker counts for Triton's statistics
+        self.stats = Stats(capacity=1)  # what the worker counts for Triton's statistics
 
     def batch(self, inputs):
         return np.concatenate(inputs)
@@ -178,7 +236,7 @@ def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     assert api.batches == [8, 4]  # four requests fill the first batch; the rest run next
     for i in range(6):
         np.testing.assert_array_equal(answers[i].output, x(2, 2 * i))
-    entry = api.stats.triton("doubler", "doubler", 3)
+    entry = api.stats.triton(api.slot, "doubler", 3)
     assert (entry["name"], entry["version"]) == ("doubler", "3")
     assert (entry["inference_count"], entry["execution_count"]) == (12, 2)
     stats = entry["inference_stats"]

@@ -18,73 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from helpers import artifact, direct, rows, served, v2_json
+from helpers import Clients, artifact, direct, rows, served, v2_json
 
 from load_tests.payloads import request_body
 from load_tests.servers import START_TIMEOUT, free_port, running_service
 
 DRAIN_TIMEOUT = 10
 MLP_BODY = json.dumps({"instances": rows("mlp", 2).tolist()}).encode()
-
-
-class Clients:
-    """`n` threads posting `body` to `path` back to back on keep-alive connections, as clients
-    that honour Retry-After do. Each outcome is counted: a status code, "refused" (the
-    connection was never made, so nothing was sent) or "cut" (sent, but no whole answer)."""
-
-    def __init__(self, port: int, path: str, body: bytes, headers: dict, n: int) -> None:
-        self.port, self.path, self.body, self.headers = port, path, body, headers
-        self.outcomes: Counter = Counter()
-        self.errors: Counter = Counter()  # the error messages of the answers that were not 200
-        self.latencies: list[tuple[float, float, object]] = []  # (sent, answered, outcome)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
-        for t in self.threads:
-            t.start()
-
-    def count(self, outcome: object, sent: float) -> None:
-        with self.lock:
-            self.outcomes[outcome] += 1
-            self.latencies.append((sent, time.monotonic(), outcome))
-
-    def run(self) -> None:
-        conn = None
-        while not self.stop.is_set():
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                try:
-                    conn.connect()
-                except ConnectionRefusedError:
-                    self.count("refused", time.monotonic())
-                    conn = None
-                    time.sleep(0.05)
-                    continue
-            sent = time.monotonic()
-            try:
-                conn.request("POST", self.path, self.body, self.headers)
-                response = conn.getresponse()
-                content = response.read()
-            except (OSError, http.client.HTTPException):
-                self.count("cut", sent)
-                conn.close()
-                conn = None
-                continue
-            self.count(response.status, sent)
-            if response.status != 200:
-                with self.lock:
-                    self.errors[json.loads(content).get("error", "")[:60]] += 1
-            if response.will_close:  # Connection: close
-                conn.close()
-                conn = None
-            if response.status == 503:
-                time.sleep(float(response.headers.get("Retry-After", "1")))
-
-    def join(self) -> Counter:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-        return self.outcomes
 
 
 def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.Popen, int]:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as httpclient
-from helpers import NAMES, artifact, direct, rows, tensors, v2_json
+from helpers import NAMES, artifact, direct, rows, tensors, uncertain_mlp_rows, v2_json
 
 from export.pipeline import export_model
 from load_tests.servers import free_port, running_service
-from training import REGISTRY, train_and_save
+from training import train_and_save
 from training.checkpoint import CHECKPOINT_NAME
 
 
@@ -183,10 +183,8 @@ def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
     shutil.copytree(exported / "mlp", repository / "mlp")
     train_and_save("mlp", tmp_path / "runs", device="cpu", seed=1, progress=False)
     export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
-    test = REGISTRY["mlp"].dataset().test  # from a malignant tumour to a benign one, in steps:
-    a, b = test.x[test.y == 0][0].numpy(), test.x[test.y == 1][0].numpy()  # near the middle
-    x = np.stack([a + t * (b - a) for t in np.linspace(0, 1, 6)]).astype(np.float32)  # neither
-    expected = {v: direct(repository, "mlp", x, version=v) for v in (1, 2)}  # model is sure
+    x = uncertain_mlp_rows()
+    expected = {v: direct(repository, "mlp", x, version=v) for v in (1, 2)}
     assert np.abs(expected[1] - expected[2]).max() > 1e-3  # the two versions differ
     with running_service(repository, tmp_path, version_policy="mlp:latest:2") as s:
         for v in (1, 2):
@@ -238,13 +236,13 @@ def test_explicit_model_control_unloads_and_loads_a_model_the_others_untouched(e
                       headers=key).status_code == 200  # fmt: skip
         assert s.get("/v2/health/ready").status_code == 200  # the loaded models are ready
         assert s.get("/v2/models/resnet/ready").status_code == 503
-        index = {e["name"]: e for e in client.get_model_repository_index(headers=key)}
-        assert (index["resnet"]["state"], index["resnet"]["reason"]) == ("UNAVAILABLE", "unloaded")
-        assert index["mlp"]["state"] == "READY"
         deadline = time.monotonic() + 15
         while "model 'resnet' version 1: unloaded" not in s.log.read_text():
             assert time.monotonic() < deadline, s.log.read_text()
             time.sleep(0.1)
+        index = {e["name"]: e for e in client.get_model_repository_index(headers=key)}
+        assert (index["resnet"]["state"], index["resnet"]["reason"]) == ("UNAVAILABLE", "unloaded")
+        assert index["mlp"]["state"] == "READY"
         client.load_model("resnet", headers=key)  # returns once it is ready again
         assert client.is_model_ready("resnet", headers=key)
         again = s.post("/v2/models/resnet/infer", json=body, headers=key)

@@ -3,6 +3,7 @@
 Engine        the HTTP side: submit a request, readiness, drain state (client.py)
 EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)
 WorkerLoop    the inference worker's loop, with the batching policy (worker.py)
+VersionTable  which versions have workers, shared by every process (table.py)
 LitSpec       LitServe's spec base class, which it keeps in a submodule
 """
 
@@ -10,14 +11,19 @@ from litserve.specs.base import LitSpec
 
 from .client import Engine
 from .server import LITSERVE_VERSION, EngineServer, StartupError
+from .table import Action, Slot, State, VersionTable
 from .worker import Batcher, WorkerLoop
 
 __all__ = [
     "LITSERVE_VERSION",
+    "Action",
     "Batcher",
     "Engine",
     "EngineServer",
     "LitSpec",
+    "Slot",
     "StartupError",
+    "State",
+    "VersionTable",
     "WorkerLoop",
 ]

@@ -1,11 +1,12 @@
-"""The HTTP side's way into the workers: `await engine.submit(model, x)`, `engine.ready(model)`,
+"""The HTTP side's way into the workers: `await engine.submit(key, x)`, `engine.ready(key)`,
 `engine.draining`.
 
-The engine's "model" is a served model version, named like "mlp:2". One `Engine` is made in
-the main process before LitServe forks its HTTP processes; what the processes share lives in
-shared memory (requests in flight per model, for the one queue bound of TENSORGATE_MAX_QUEUE
-across every HTTP process, and the time a drain began). Each HTTP process opens its own
-connection to every worker of every model, on its own event loop:
+The engine serves model versions, each named by a key like "mlp:2" and placed in a slot of
+the version table (table.py). One `Engine` is made in the main process before LitServe forks
+its HTTP processes; what the processes share lives in shared memory (the table, requests in
+flight per slot, for the one queue bound of TENSORGATE_MAX_QUEUE across every HTTP process,
+and the time a drain began). Each HTTP process opens its own connection to every worker of
+each version it serves, on its own event loop, and closes them once the version is retired:
 
 - a request goes to the model's connected worker with the fewest requests in flight;
 - a worker's death closes its connections, which fails its requests at once (503) and marks
@@ -23,11 +24,21 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import numpy as np
 
-from ..errors import ClientGone, Overloaded, ShuttingDown, Timeout, Unavailable, for_status
+from ..errors import (
+    ClientGone,
+    Overloaded,
+    Retired,
+    ShuttingDown,
+    Timeout,
+    Unavailable,
+    for_status,
+)
 from .stats import Stats
+from .table import Slot, State, VersionTable
 from .wire import Cancel, FrameReader, Infer, address, frame
 
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
@@ -131,6 +142,15 @@ class ModelLinks:
                 await self.links[worker_id].lost
             await asyncio.sleep(RECONNECT_EVERY)
 
+    def close(self) -> None:
+        """Stop keeping the connections up: the version has been retired."""
+        for keeper in self.keepers:
+            if keeper is not None:
+                keeper.cancel()
+        for link in self.links:
+            if link is not None and link.transport is not None:
+                link.transport.close()
+
     def connected(self) -> list[Link]:
         return [link for i, link in enumerate(self.links) if self.alive(i)]
 
@@ -155,27 +175,41 @@ class ModelLinks:
 
 class Engine:
     def __init__(
-        self, models: list[str], max_queue: int, request_timeout: float, drain_timeout: float
+        self, table: VersionTable, max_queue: int, request_timeout: float, drain_timeout: float
     ) -> None:
         self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.workers = dict.fromkeys(models, 1)  # inference workers per model (EngineServer sets)
-        self.index = {name: i for i, name in enumerate(models)}
+        self.table = table
+        self.workers = 1  # inference workers per model version (EngineServer sets it)
         self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.drain_timeout = drain_timeout
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
-        # [requests in flight per model..., requests answered in total]
-        self.counts = ctx.Array("q", len(models) + 1)
+        # [requests in flight per table slot..., requests answered in total]
+        self.counts = ctx.Array("q", table.capacity + 1)
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
-        self.stats = Stats(models)  # Triton's inference statistics
-        # 1 where a model is unloaded (Triton's unload): HTTP processes set it and refuse new
-        # requests; the main process stops its workers once its requests are answered
-        self.unloaded = ctx.RawArray("b", len(models))
-        self._local: dict[str, ModelLinks] | None = None  # this process's, made on first use
+        self.stats = Stats(table.capacity)  # Triton's inference statistics
+        self._seen = -1  # the table generation this process last read
+        self._slots: dict[str, Slot] = {}  # this process's reading: key -> slot
+        self._local: dict[str, ModelLinks] = {}  # this process's connections, per version
         self._watcher: asyncio.Task | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_local": None, "_watcher": None}
+        return {**self.__dict__, "_seen": -1, "_slots": {}, "_local": {}, "_watcher": None}
+
+    # -- the version table ---------------------------------------------------------------
+
+    def slot(self, key: str) -> Slot | None:
+        """The version's slot as of the table's latest generation; None when it has none."""
+        if self.table.generation.value != self._seen:
+            self._seen = self.table.generation.value
+            self._slots = {slot.key: slot for slot in self.table.slots()}
+            for gone in set(self._local) - set(self._slots):  # retired: stop reconnecting
+                self._local.pop(gone).close()
+        return self._slots.get(key)
+
+    def state(self, key: str) -> State:
+        slot = self.slot(key)
+        return State.FREE if slot is None else slot.state
 
     # -- shared across processes ---------------------------------------------------------
 
@@ -186,38 +220,46 @@ class Engine:
     def begin_drain(self) -> None:
         self.drain_began.value = time.monotonic()
 
-    def in_flight(self, model: str | None = None) -> int:
-        if model is None:
-            return sum(self.counts[: len(self.workers)])
-        return self.counts[self.index[model]]
+    def in_flight(self, key: str | None = None) -> int:
+        if key is None:
+            return sum(self.counts[: self.table.capacity])
+        slot = self.slot(key)
+        return 0 if slot is None else self.counts[slot.index]
 
     def answered(self) -> int:
-        return self.counts[len(self.workers)]
+        return self.counts[self.table.capacity]
 
-    def _admit(self, model: str) -> None:
-        i = self.index[model]
+    def record(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
+        """One inference request's outcome, for Triton's statistics."""
+        slot = self.slot(key)
+        if slot is not None:
+            self.stats.request(slot.index, outcome, seconds)
+
+    def _admit(self, key: str, index: int) -> None:
         with self.counts.get_lock():
-            if self.counts[i] >= self.max_queue:
+            if self.counts[index] >= self.max_queue:
                 raise Overloaded(
-                    f"model '{model}' has {self.counts[i]} requests queued or running, its limit "
-                    "(TENSORGATE_MAX_QUEUE, across all HTTP processes); retry shortly"
+                    f"model version '{key}' has {self.counts[index]} requests queued or "
+                    "running, its limit (TENSORGATE_MAX_QUEUE, across all HTTP processes); "
+                    "retry shortly"
                 )
-            self.counts[i] += 1
+            self.counts[index] += 1
 
-    def _release(self, model: str) -> None:
+    def _release(self, index: int) -> None:
         with self.counts.get_lock():
-            self.counts[self.index[model]] -= 1
-            self.counts[len(self.workers)] += 1
+            self.counts[index] -= 1
+            self.counts[self.table.capacity] += 1
 
     # -- this HTTP process's connections -------------------------------------------------
 
-    def _links(self, model: str) -> ModelLinks:
-        if self._local is None:  # first use in this HTTP process (the main one never uses it)
-            self._local = {m: ModelLinks(self.token, m, n) for m, n in self.workers.items()}
-            for links in self._local.values():
-                links.keep()
+    def _links(self, key: str) -> ModelLinks:
+        if self._watcher is None:  # first use in this HTTP process
             self._watcher = asyncio.ensure_future(self._watch_drain())
-        return self._local[model]
+        links = self._local.get(key)
+        if links is None:
+            links = self._local[key] = ModelLinks(self.token, key, self.workers)
+            links.keep()
+        return links
 
     async def _watch_drain(self) -> None:
         """Once a drain begins, fail what is still waiting at its deadline with a 503."""
@@ -235,40 +277,35 @@ class Engine:
                     if not future.done():
                         future.set_exception(late)
 
-    def is_unloaded(self, model: str) -> bool:
-        return bool(self.unloaded[self.index[model]])
-
-    def unload(self, model: str) -> None:
-        self.unloaded[self.index[model]] = 1
-
-    def load(self, model: str) -> None:
-        self.unloaded[self.index[model]] = 0
-
-    async def ready(self, model: str) -> bool:
-        if self.draining or self.is_unloaded(model):
+    async def ready(self, key: str) -> bool:
+        if self.draining or self.state(key) != State.SERVING:
             return False
-        return await self._links(model).ready()
+        return await self._links(key).ready()
 
-    async def submit(self, model: str, x: np.ndarray, receive: Receive | None = None) -> np.ndarray:
-        """The model's probabilities for `x` (instances, *input), batched with other requests.
+    async def submit(self, key: str, x: np.ndarray, receive: Receive | None = None) -> np.ndarray:
+        """The model version's probabilities for `x` (instances, *input), batched with other
+        requests.
 
-        Raises ShuttingDown, Overloaded, Unavailable, Timeout or ClientGone (all 4xx/5xx
-        ServiceErrors), or the worker's own error for this request.
+        Raises ShuttingDown, Overloaded, Unavailable, Retired, Timeout or ClientGone (all
+        4xx/5xx ServiceErrors), or the worker's own error for this request.
         """
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
-        self._admit(model)
+        slot = self.slot(key)
+        if slot is None or slot.state != State.SERVING:
+            raise Retired(f"model version '{key}' is not serving")
+        self._admit(key, slot.index)
         try:
-            if self.is_unloaded(model):  # checked after admitting: see EngineServer._control
-                raise Unavailable(
-                    f"model version '{model}' is unloaded; "
-                    "POST /v2/repository/models/<model>/load serves it again"
-                )
-            link = await self._links(model).pick()
+            # Read again after admitting: the main process retires a version by setting
+            # RETIRING and then waiting for its admitted requests, so a request admitted
+            # after that either sees RETIRING here or was counted before the wait began.
+            if self.table.read(slot.index) != slot:
+                raise Retired(f"model version '{key}' stopped serving")
+            link = await self._links(key).pick()
             uid, future = link.send(x)
-            return await self._wait(model, link, uid, future, receive)
+            return await self._wait(key, link, uid, future, receive)
         finally:
-            self._release(model)
+            self._release(slot.index)
 
     async def _wait(
         self, model: str, link: Link, uid: int, future: asyncio.Future, receive: Receive | None

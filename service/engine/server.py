@@ -7,11 +7,15 @@ replaces, through LitServer's private hooks (hence the exact version check below
 - `_init_manager`: no Manager process and no Manager queues; requests travel on sockets
   between each HTTP process and each worker (wire.py), and worker setup states live in
   shared memory (`SetupStatus`);
-- `verify_worker_status`: start-up waits for every worker of every model, and a model that
-  cannot load stops the server with its name (`StartupError`);
+- `verify_worker_status`: start-up waits for every worker of every model version, and a
+  version that cannot load stops the server with its name (`StartupError`);
+- `launch_inference_worker`: each version's workers are kept as a `Placement` in its slot of
+  the version table; `place`, `retire` and `discard` load and unload versions while serving,
+  as the service's lifecycle (the `Controller`) decides;
 - `_start_worker_monitoring`: a supervisor that replaces a dead worker (its requests have
-  already failed in the HTTP processes, which saw its sockets close), counts restarts, and
-  gives up on a worker that keeps dying before it is ready;
+  already failed in the HTTP processes, which saw its sockets close), counts restarts, gives
+  up on a worker that keeps dying before it is ready, stops a retired version's workers once
+  its admitted requests are answered, and runs the controller;
 - `_perform_graceful_shutdown`: the drain (readiness 503, then every HTTP process stops
   accepting and answers what it has, then the workers stop), bounded by the drain deadline.
 """
@@ -24,13 +28,16 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import litserve as ls
 from litserve.utils import WorkerSetupStatus
 
-from ..metrics import WORKER_RESTARTS
+from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
 from .stats import MAX_WORKERS
+from .table import State
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,8 @@ class StartupError(RuntimeError):
 
 class SetupStatus:
     """LitServe's `workers_setup_status` mapping ("{endpoint}_{worker_id}" -> state), kept in
-    shared memory instead of a Manager process's dict."""
+    shared memory instead of a Manager process's dict, with cells for every slot of the
+    version table. A spawned worker gets the endpoints bound when it was started."""
 
     STATES = (
         WorkerSetupStatus.STARTING,
@@ -68,21 +76,40 @@ class SetupStatus:
         WorkerSetupStatus.FINISHED,
     )
 
-    def __init__(self, keys: list[str]) -> None:
-        self.index = {key: i for i, key in enumerate(keys)}
-        self.codes = mp.get_context("spawn").Array("b", len(keys))
+    def __init__(self, capacity: int, workers: int) -> None:
+        self.workers = workers
+        self.slots: dict[str, int] = {}  # endpoint (a version's key) -> its table slot
+        self.codes = mp.get_context("spawn").Array("b", capacity * workers)
+
+    def bind(self, endpoint: str, slot: int) -> None:
+        self.slots = {e: s for e, s in self.slots.items() if s != slot} | {endpoint: slot}
+
+    def _cell(self, key: str) -> int:
+        endpoint, _, worker_id = key.rpartition("_")
+        return self.slots[endpoint] * self.workers + int(worker_id)
 
     def __setitem__(self, key: str, state: str) -> None:
-        self.codes[self.index[key]] = self.STATES.index(state)
+        self.codes[self._cell(key)] = self.STATES.index(state)
 
     def __getitem__(self, key: str) -> str:
-        return self.STATES[self.codes[self.index[key]]]
+        return self.STATES[self.codes[self._cell(key)]]
 
-    def __len__(self) -> int:
-        return len(self.index)
 
-    def values(self) -> list[str]:  # LitServe's own /health reads them
-        return [self[key] for key in self.index]
+class Controller(Protocol):
+    """What decides which versions to load and retire (the service's lifecycle); the
+    supervisor calls it every round, and it acts through the server's methods below."""
+
+    def step(self, server: "EngineServer") -> None: ...
+
+
+@dataclass
+class Placement:
+    """One version's inference workers."""
+
+    api: ls.LitAPI
+    processes: list[mp.Process]
+    failure: str = ""  # why it could not be loaded; set only while it was loading
+    start_failures: list[int] = field(default_factory=list)  # per worker, deaths before ready
 
 
 class IdleTransport:
@@ -100,64 +127,100 @@ class IdleTransport:
 
 
 class EngineServer(ls.LitServer):
-    def __init__(self, lit_apis: list[ls.LitAPI], engine: Engine, **kwargs) -> None:
+    def __init__(
+        self,
+        lit_apis: list[ls.LitAPI],
+        engine: Engine,
+        controller: Controller | None = None,
+        **kwargs,
+    ) -> None:
+        """`lit_apis`: one per version served from the start, each with its table slot
+        (`api.slot`) claimed."""
         super().__init__(lit_apis, **kwargs)
         # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
         # KServe's and Triton's routes instead, so a client meets one convention
         own = {"/", self.healthcheck_path, self.info_path}
         self.app.router.routes = [r for r in self.app.routes if getattr(r, "path", None) not in own]
         self.engine = engine
-        for api in self.litapi_connector:
-            engine.workers[api.name] = len(self._inference_workers_config_for_api(api.api_path))
-            if engine.workers[api.name] > MAX_WORKERS:
-                raise RuntimeError(
-                    f"{api.label}: {engine.workers[api.name]} inference workers; "
-                    f"at most {MAX_WORKERS} are supported"
-                )
+        self.controller = controller
+        first = self.litapi_connector.lit_apis[0]
+        engine.workers = len(self._inference_workers_config_for_api(first.api_path))
+        if engine.workers > MAX_WORKERS:
+            raise RuntimeError(
+                f"{engine.workers} inference workers per model version; "
+                f"at most {MAX_WORKERS} are supported"
+            )
         # uvicorn's own deadline comes after ours, so that late requests answer 503 first
         self.uvicorn_graceful_timeout = engine.drain_timeout + 5
         self.exit_reason: str | None = None  # set when the server stops because of a failure
-        self.start_failures: dict[int, int] = {}
-        self.stopped: set[int] = set()  # worker slots stopped by an unload
-
-    # -- who is who ----------------------------------------------------------------------
-
-    def _slots(self) -> list[tuple[ls.LitAPI, int]]:
-        """(LitAPI, worker_id) in the order of `self.inference_workers`."""
-        return [
-            (api, worker_id)
-            for api in self.litapi_connector
-            for worker_id in range(len(self._inference_workers_config_for_api(api.api_path)))
-        ]
-
-    @staticmethod
-    def _status_key(api: ls.LitAPI, worker_id: int) -> str:
-        return f"{api.api_path.split('/')[-1]}_{worker_id}"
+        self.placements: dict[int, Placement] = {}  # table slot -> the version's workers
 
     # -- start ---------------------------------------------------------------------------
 
     def _init_manager(self, num_api_servers: int) -> None:
-        self.workers_setup_status = SetupStatus([self._status_key(*s) for s in self._slots()])
+        table = self.engine.table
+        self.workers_setup_status = SetupStatus(table.capacity, self.engine.workers)
         self._shutdown_event = mp.get_context("spawn").Event()
         for api in self.litapi_connector:
-            self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
+            self._prepare(api)
         self._transport = IdleTransport()
         return None
 
+    def _prepare(self, api: ls.LitAPI) -> None:
+        """What LitServe knows of a LitAPI before it launches its workers."""
+        self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
+        self.workers_setup_status.bind(api.api_path.split("/")[-1], api.slot)
+        self.engine.stats.reset(api.slot)
+
+    def launch_inference_worker(self, lit_api: ls.LitAPI) -> list[mp.Process]:
+        processes = super().launch_inference_worker(lit_api)
+        self.placements[lit_api.slot] = Placement(lit_api, processes, "", [0] * len(processes))
+        return processes
+
+    def place(self, api: ls.LitAPI) -> None:
+        """Start the workers of a version loaded while serving (its slot is LOADING)."""
+        api.pre_setup()
+        api.loop.pre_setup(api)
+        api.request_timeout = self.litapi_connector.lit_apis[0].request_timeout
+        self._workers_per_device_by_api_path[api.api_path] = self._workers_per_device_by_api_path[
+            self.litapi_connector.lit_apis[0].api_path
+        ]
+        self._prepare(api)
+        self.launch_inference_worker(api)
+
+    def progress(self, slot: int) -> bool:
+        """Whether every worker of a loading version is ready; raise StartupError when one
+        cannot load it (the placement's `failure` says why)."""
+        placement = self.placements[slot]
+        if placement.failure:
+            raise StartupError(placement.failure)
+        states = []
+        for worker_id, process in enumerate(placement.processes):
+            state = self.workers_setup_status[self._status_key(placement.api, worker_id)]
+            if state == WorkerSetupStatus.ERROR or not process.is_alive():
+                placement.failure = self._failure(placement.api, process, state)
+                raise StartupError(placement.failure)
+            states.append(state)
+        return all(state == WorkerSetupStatus.READY for state in states)
+
     def verify_worker_status(self) -> None:
         """Return once every worker is ready; raise StartupError naming a model that fails."""
-        while True:
-            states = []
-            slots = zip(self._slots(), self.inference_workers, strict=True)
-            for (api, worker_id), process in slots:
-                state = self.workers_setup_status[self._status_key(api, worker_id)]
-                if state == WorkerSetupStatus.ERROR or not process.is_alive():
+        loading = set(self.placements)
+        while loading:
+            for slot in list(loading):
+                try:
+                    ready = self.progress(slot)
+                except StartupError:
                     self._stop_workers()
-                    raise StartupError(self._failure(api, process, state))
-                states.append(state)
-            if all(state == WorkerSetupStatus.READY for state in states):
-                return
+                    raise
+                if ready:
+                    self.engine.table.set_state(slot, State.SERVING)
+                    loading.discard(slot)
             time.sleep(0.05)
+
+    @staticmethod
+    def _status_key(api: ls.LitAPI, worker_id: int) -> str:
+        return f"{api.api_path.split('/')[-1]}_{worker_id}"
 
     @staticmethod
     def _failure(api: ls.LitAPI, process: mp.Process, state: str) -> str:
@@ -206,8 +269,11 @@ class EngineServer(ls.LitServer):
                 time.sleep(SUPERVISE_EVERY)
 
     def _supervise_once(self) -> None:
-        running = [i for i in range(len(self.inference_workers)) if i not in self.stopped]
-        sentinels = {self.inference_workers[i].sentinel: i for i in running}
+        sentinels = {
+            process.sentinel: (slot, worker_id)
+            for slot, placement in self.placements.items()
+            for worker_id, process in enumerate(placement.processes)
+        }
         http = {p.sentinel: p for p in self.http_processes}
         dead = mp.connection.wait([*sentinels, *http], timeout=SUPERVISE_EVERY)
         if self.engine.draining or self._shutdown_event.is_set():
@@ -216,38 +282,28 @@ class EngineServer(ls.LitServer):
             if sentinel in http:
                 self._give_up(f"HTTP server process {http[sentinel].pid} died")
                 return
-            self._replace(sentinels[sentinel])
-        self._control()
+            if sentinel in sentinels:
+                self._replace(*sentinels[sentinel])
+        self._stop_retired()
+        if self.controller is not None:
+            self.controller.step(self)
 
-    def _control(self) -> None:
-        """Triton's unload and load, asked for by an HTTP process through the engine's flags:
-        an unloaded model's workers stop once its admitted requests are answered (a request
-        admitted after the flag was set sees it and is refused, so none is lost); a loaded
-        one's stopped workers start again."""
-        for index, (api, worker_id) in enumerate(self._slots()):
-            unloaded = self.engine.is_unloaded(api.name)
-            if unloaded and index not in self.stopped and not self.engine.in_flight(api.name):
-                self.stopped.add(index)
-                process = self.inference_workers[index]
-                process.terminate()
-                process.join(timeout=STOP_WORKERS_WITHIN)
-                logger.info("%s: unloaded; worker %d stopped", api.label, worker_id)
-            elif not unloaded and index in self.stopped:
-                self.stopped.discard(index)
-                self.start_failures[index] = 0
-                self.inference_workers[index] = self.launch_single_inference_worker(api, worker_id)
-                logger.info("%s: loading; worker %d starting", api.label, worker_id)
-
-    def _replace(self, index: int) -> None:
-        api, worker_id = self._slots()[index]
-        process = self.inference_workers[index]
+    def _replace(self, slot: int, worker_id: int) -> None:
+        placement = self.placements[slot]
+        api, process = placement.api, placement.processes[worker_id]
         process.join(timeout=1)
         state = self.workers_setup_status[self._status_key(api, worker_id)]
+        table_state = self.engine.table.read(slot).state
+        if table_state == State.LOADING:
+            placement.failure = self._failure(api, process, state)  # the controller's to see
+            return
+        if table_state == State.RETIRING:  # about to stop anyway
+            return
         if state == WorkerSetupStatus.READY:
-            self.start_failures[index] = 0
+            placement.start_failures[worker_id] = 0
         else:
-            self.start_failures[index] = self.start_failures.get(index, 0) + 1
-            if self.start_failures[index] >= START_FAILURES:
+            placement.start_failures[worker_id] += 1
+            if placement.start_failures[worker_id] >= START_FAILURES:
                 self._give_up(
                     f"{self._failure(api, process, state)}; it failed {START_FAILURES} times in "
                     "a row before becoming ready"
@@ -262,7 +318,31 @@ class EngineServer(ls.LitServer):
             process.exitcode,
         )
         WORKER_RESTARTS.labels(api.model_name).inc()
-        self.inference_workers[index] = self.launch_single_inference_worker(api, worker_id)
+        forget_process(process.pid)
+        placement.processes[worker_id] = self.launch_single_inference_worker(api, worker_id)
+
+    def retire(self, slot: int) -> None:
+        """Take a serving version out of service: it takes no new requests, and its workers
+        stop once the requests it admitted are answered (a request admitted after this sees
+        the state and is retried elsewhere or refused: see Engine.submit)."""
+        self.engine.table.set_state(slot, State.RETIRING)
+
+    def discard(self, slot: int) -> None:
+        """Stop a version's workers now and free its slot: a load that failed."""
+        self._stop(self.placements.pop(slot).processes)
+        self.engine.table.set_state(slot, State.FREE)
+
+    def _stop_retired(self) -> None:
+        for slot in list(self.placements):
+            api = self.placements[slot].api
+            if self.engine.table.read(slot).state != State.RETIRING:
+                continue
+            if self.engine.in_flight(api.name):
+                continue
+            processes = self.placements.pop(slot).processes
+            self._stop(processes)
+            self.engine.table.set_state(slot, State.FREE)
+            logger.info("%s: unloaded; %d worker(s) stopped", api.label, len(processes))
 
     def _give_up(self, reason: str) -> None:
         logger.error("stopping the server: %s", reason)
@@ -305,10 +385,16 @@ class EngineServer(ls.LitServer):
         )
 
     def _stop_workers(self) -> None:
-        workers = [p for p in getattr(self, "inference_workers", []) if p.is_alive()]
-        for process in workers:
+        self._stop([p for placement in self.placements.values() for p in placement.processes])
+
+    @staticmethod
+    def _stop(processes: list[mp.Process]) -> None:
+        alive = [p for p in processes if p.is_alive()]
+        for process in alive:
             process.terminate()
-        for process in workers:
+        for process in alive:
             process.join(timeout=STOP_WORKERS_WITHIN)
             if process.is_alive():
                 process.kill()
+        for process in processes:
+            forget_process(process.pid)

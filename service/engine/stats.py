@@ -12,7 +12,7 @@ import multiprocessing as mp
 import time
 from typing import Literal
 
-MAX_WORKERS = 64  # inference workers per model that can count (each has its own slot)
+MAX_WORKERS = 64  # inference workers per model version that can count (each has its own cells)
 REQUEST_FIELDS = ("success_count", "success_ns", "fail_count", "fail_ns")
 BATCH_FIELDS = (
     "queue_count",  # requests run, which is also compute_infer's count
@@ -26,28 +26,36 @@ SLOT = {name: i for i, name in enumerate(BATCH_FIELDS)}
 
 
 class Stats:
-    def __init__(self, keys: list[str]) -> None:
-        """`keys`: the engine's names of each served model version."""
-        self.index = {name: i for i, name in enumerate(keys)}
+    """Indexed by the slot of the version table (table.py) that the version occupies."""
+
+    def __init__(self, capacity: int) -> None:
         ctx = mp.get_context("spawn")  # made before LitServe's processes, so they share it
         # Written by the HTTP processes, under a lock they alone take.
-        self.requests = ctx.Array("Q", len(keys) * len(REQUEST_FIELDS))
-        # One slot per model and worker, each written by that worker alone and read without
-        # a lock: a worker killed while writing holds no lock that would stop the others.
-        self.batches = ctx.RawArray("Q", len(keys) * MAX_WORKERS * len(BATCH_FIELDS))
+        self.requests = ctx.Array("Q", capacity * len(REQUEST_FIELDS))
+        # Cells per slot and worker, each written by that worker alone and read without a
+        # lock: a worker killed while writing holds no lock that would stop the others.
+        self.batches = ctx.RawArray("Q", capacity * MAX_WORKERS * len(BATCH_FIELDS))
 
-    def request(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
+    def reset(self, slot: int) -> None:
+        """Zero a slot that a new version takes (main process, before its workers start)."""
+        width = len(REQUEST_FIELDS)
+        with self.requests.get_lock():
+            self.requests[slot * width : (slot + 1) * width] = [0] * width
+        width = MAX_WORKERS * len(BATCH_FIELDS)
+        self.batches[slot * width : (slot + 1) * width] = [0] * width
+
+    def request(self, slot: int, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request answered (HTTP side)."""
-        base = self.index[key] * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
+        base = slot * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
         with self.requests.get_lock():
             self.requests[base] += 1
             self.requests[base + 1] += int(seconds * 1e9)
 
     def batch(
-        self, key: str, worker_id: int, queued: list[float], compute: float, instances: int
+        self, slot: int, worker_id: int, queued: list[float], compute: float, instances: int
     ) -> None:
         """One batch run by a worker: each request's queue seconds, the batch's compute."""
-        base = (self.index[key] * MAX_WORKERS + worker_id) * len(BATCH_FIELDS)
+        base = (slot * MAX_WORKERS + worker_id) * len(BATCH_FIELDS)
         values = self.batches
         values[base + SLOT["queue_count"]] += len(queued)
         values[base + SLOT["queue_ns"]] += int(sum(queued) * 1e9)
@@ -56,8 +64,7 @@ class Stats:
         values[base + SLOT["execution_count"]] += 1
         values[base + SLOT["last_inference_ms"]] = int(time.time() * 1000)
 
-    def read(self, key: str) -> dict[str, int]:
-        i = self.index[key]
+    def read(self, i: int) -> dict[str, int]:
         with self.requests.get_lock():
             base = i * len(REQUEST_FIELDS)
             totals = {f: self.requests[base + k] for k, f in enumerate(REQUEST_FIELDS)}
@@ -71,9 +78,9 @@ class Stats:
             totals[field] = max(column) if field == "last_inference_ms" else sum(column)
         return totals
 
-    def triton(self, key: str, model: str, version: int) -> dict:
-        """One entry of Triton's `model_stats`, for the engine's `key` of a model's version."""
-        v = self.read(key)
+    def triton(self, slot: int, model: str, version: int) -> dict:
+        """One entry of Triton's `model_stats`, for the version in `slot`."""
+        v = self.read(slot)
 
         def pair(kind: str, count: str | None = None) -> dict[str, int]:
             return {"count": v[count or f"{kind}_count"], "ns": v[f"{kind}_ns"]}

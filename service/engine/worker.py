@@ -36,6 +36,7 @@ class Batcher(Protocol):
     """What the loop needs of a LitAPI: its limits and LitServe's batch -> predict -> unbatch."""
 
     name: str  # the engine's name for the workers (a model's version)
+    slot: int  # the version's slot in the version table, where its statistics are kept
     model_name: str  # the metrics' model label
     label: str  # "model 'mlp' version 1", for the logs
     max_batch_size: int
@@ -200,7 +201,7 @@ class Worker:
             computing = time.monotonic()
             answers += self.infer(live)
             took = time.monotonic() - computing
-            self.stats.batch(self.api.name, self.worker_id, queued, took, instances)
+            self.stats.batch(self.api.slot, self.worker_id, queued, took, instances)
         self.answer(answers)
         self.policy.cost.add(instances, time.monotonic() - started)
 

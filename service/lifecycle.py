@@ -1,0 +1,183 @@
+"""Which versions each model serves while the server runs, as Triton's model control modes
+have it: the main process's controller, run by the engine's supervisor every round.
+
+- none: the versions chosen at start, until the server stops;
+- poll: every TENSORGATE_REPOSITORY_POLL seconds each model's folder is read again and its
+  version policy applied: new versions are loaded, versions gone or no longer chosen are
+  unloaded, a model whose folder is gone is unloaded;
+- explicit: `POST /v2/repository/models/{m}/load` does that for one model (and serves it
+  again after an unload); `.../unload` unloads every version of it.
+
+A version is verified (its manifest, every file's sha256) before its workers start, and
+takes traffic once they are warm; only then are the versions it replaces retired, which
+answer what they admitted before their workers stop. A version that fails stays out: the
+old ones keep serving, the failure is logged naming the file or error, counted in
+`tensorgate_model_load_failures_total` and shown in the repository index. It is tried
+again when its files change (poll) or when a load asks for it (explicit).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import litserve as ls
+
+from artifacts.manifest import ManifestError, versions
+
+from .engine import Action, EngineServer, StartupError, State, VersionTable
+from .metrics import LOAD_FAILURES
+from .repository import ServedModel, describe
+from .settings import Settings, VersionPolicy
+
+logger = logging.getLogger(__name__)
+
+MakeAPI = Callable[[ServedModel, int], ls.LitAPI]  # (version, table slot) -> its LitAPI
+
+
+def stamp(folder: Path) -> int:
+    """When the version's files last changed (so a failed version is retried once fixed)."""
+    try:
+        return max((p.stat().st_mtime_ns for p in folder.iterdir()), default=0)
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class Ask:
+    """A load asked for through the API, answered once the model's loads have settled."""
+
+    request: int
+    failed: bool = False
+
+
+@dataclass
+class Lifecycle:
+    settings: Settings
+    table: VersionTable
+    policies: dict[str, VersionPolicy]  # every model served since start
+    make_api: MakeAPI
+    loading: dict[int, ServedModel] = field(default_factory=dict)  # slot -> version
+    failed: dict[tuple[str, int], int] = field(default_factory=dict)  # -> stamp at failure
+    asks: dict[str, Ask] = field(default_factory=dict)  # model -> its load being answered
+    next_poll: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.next_poll = time.monotonic() + self.settings.repository_poll
+
+    def step(self, server: EngineServer) -> None:
+        for model in self.policies:
+            self._take_request(server, model)
+        if self.settings.model_control == "poll" and time.monotonic() >= self.next_poll:
+            self.next_poll = time.monotonic() + self.settings.repository_poll
+            for model in self.policies:
+                self.sync(server, model)
+        self._progress(server)
+        for model in self.policies:
+            self._retire_replaced(server, model)
+        self._answer()
+
+    # -- what to serve -------------------------------------------------------------------
+
+    def wanted(self, model: str) -> tuple[int, ...]:
+        """The versions the model's policy picks among those in the repository that have
+        not failed (since their files last changed); none once it is unloaded."""
+        if self.table.unloaded[self.table.models.index(model)]:
+            return ()
+        folder = self.settings.repository / model
+
+        def healthy(version: int) -> bool:
+            failed_at = self.failed.get((model, version))
+            return failed_at is None or failed_at != stamp(folder / str(version))
+
+        candidates = tuple(filter(healthy, versions(folder)))
+        return tuple(v for v in self.policies[model].select(candidates) if v in candidates)
+
+    def placed(self, model: str, *states: State) -> dict[int, int]:
+        """{version: slot} of the model's versions in these states."""
+        slots = self.table.slots()
+        return {s.version: s.index for s in slots if s.model == model and s.state in states}
+
+    def sync(self, server: EngineServer, model: str) -> None:
+        """Start loading every version the policy picks that has no workers yet."""
+        while True:
+            placed = self.placed(model, State.LOADING, State.SERVING)
+            new = [v for v in self.wanted(model) if v not in placed]
+            if not new:
+                return
+            for version in new:
+                if not self._load(server, model, version):
+                    break  # a failure changes what is wanted: choose again
+
+    def _load(self, server: EngineServer, model: str, version: int) -> bool:
+        try:
+            served = describe(self.settings, model, version, self.policies[model])
+            slot = self.table.claim(model, version)
+        except (ManifestError, RuntimeError) as e:
+            self._fail(model, version, str(e))
+            return False
+        server.place(self.make_api(served, slot))
+        self.loading[slot] = served
+        logger.info("model '%s' version %d: verified; loading", model, version)
+        return True
+
+    def _progress(self, server: EngineServer) -> None:
+        for slot, served in list(self.loading.items()):
+            try:
+                ready = server.progress(slot)
+            except StartupError as e:
+                del self.loading[slot]
+                server.discard(slot)
+                self._fail(served.name, served.version, str(e))
+                self.sync(server, served.name)  # e.g. serve the previous version again
+                continue
+            if ready:
+                del self.loading[slot]
+                self.table.set_state(slot, State.SERVING)
+                logger.info("model '%s' version %d: serving", served.name, served.version)
+
+    def _retire_replaced(self, server: EngineServer, model: str) -> None:
+        """Once none of the model's versions is loading, retire the serving ones that are
+        no longer wanted."""
+        if self.placed(model, State.LOADING):
+            return
+        wanted = self.wanted(model)
+        for version, slot in self.placed(model, State.SERVING).items():
+            if version not in wanted:
+                server.retire(slot)
+                logger.info("model '%s' version %d: unloading", model, version)
+
+    def _fail(self, model: str, version: int, reason: str) -> None:
+        logger.error("model '%s' version %d not loaded: %s", model, version, reason)
+        LOAD_FAILURES.labels(model, str(version)).inc()
+        self.failed[(model, version)] = stamp(self.settings.repository / model / str(version))
+        self.table.fail(model, version, reason)
+        if model in self.asks:
+            self.asks[model].failed = True
+
+    # -- the repository API's load and unload ----------------------------------------------
+
+    def _take_request(self, server: EngineServer, model: str) -> None:
+        pending = self.table.pending(model)
+        if pending is None or (model in self.asks and self.asks[model].request == pending[1]):
+            return
+        action, request = pending
+        index = self.table.models.index(model)
+        if action == Action.UNLOAD:
+            self.table.unloaded[index] = 1
+            self.table.answer(model, request, ok=True)  # its versions retire from now on
+            return
+        self.table.unloaded[index] = 0
+        self.failed = {k: v for k, v in self.failed.items() if k[0] != model}  # try again
+        self.asks[model] = ask = Ask(request)
+        if not versions(self.settings.repository / model):
+            self._fail(model, 0, f"{self.settings.repository / model}: no complete version")
+        self.sync(server, model)
+        ask.failed = ask.failed or not self.wanted(model)
+
+    def _answer(self) -> None:
+        for model, ask in list(self.asks.items()):
+            if not self.placed(model, State.LOADING):
+                self.table.answer(model, ask.request, ok=not ask.failed)
+                del self.asks[model]

@@ -1,0 +1,172 @@
+"""Model lifecycle without restarts (lifecycle.py, engine/table.py), on the real service: a
+new export taking over while 16 clients post, a tampered export refused while the serving
+version goes on, a model removed from the repository unloaded, tritonclient's load_model."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from helpers import Clients, direct, rows, uncertain_mlp_rows, v2_json
+from tritonclient.utils import InferenceServerException
+
+from artifacts.manifest import read_manifest, versions
+from load_tests.servers import running_service
+from training import train_and_save
+
+POLL = 0.5  # seconds between the poller's repository reads in these tests
+
+
+@pytest.fixture(scope="module")
+def other_runs(tmp_path_factory) -> Path:
+    """mlp trained again with another seed, so that its export answers differently."""
+    runs = tmp_path_factory.mktemp("other-runs")
+    train_and_save("mlp", runs, device="cpu", seed=1, progress=False)
+    return runs
+
+
+@pytest.fixture
+def repository(exported, tmp_path) -> Path:
+    """Version 1 of mlp and resnet, in a repository of the test's own."""
+    repository = tmp_path / "repository"
+    for name in ("mlp", "resnet"):
+        shutil.copytree(exported / name, repository / name)
+    return repository
+
+
+def export_mlp(runs: Path, repository: Path) -> int:
+    """`python -m export` publishes mlp's next version; returns its number."""
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "--model", "mlp", "--runs", str(runs),
+         "--repository", str(repository)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return versions(repository / "mlp")[-1]
+
+
+def publish_tampered(runs: Path, repository: Path, tmp_path: Path) -> tuple[int, Path]:
+    """mlp's next version with one byte of its ONNX file changed after export, moved into the
+    repository whole (as an export publishes): (its version, the changed file)."""
+    staging = tmp_path / "staging"
+    shutil.copytree(repository / "mlp", staging / "mlp")
+    version = export_mlp(runs, staging)
+    folder = staging / "mlp" / str(version)
+    onnx = folder / read_manifest(folder).artifact("onnxruntime").path
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    os.rename(folder, repository / "mlp" / str(version))
+    return version, repository / "mlp" / str(version) / onnx.name
+
+
+def wait_for(log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def worker_pid(log: Path, model: str, version: int) -> int:
+    found = re.search(rf"model '{model}' version {version}: worker 0 serving \(pid (\d+)\)",
+                      log.read_text())  # fmt: skip
+    assert found, log.read_text()
+    return int(found.group(1))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_poller_serves_a_new_export_under_16_clients_with_every_request_answered(
+    repository, other_runs, tmp_path
+):
+    x = uncertain_mlp_rows()
+    body = json.dumps(v2_json(x)).encode()
+    settings = {"model_control": "poll", "repository_poll": POLL}
+    with running_service(repository, tmp_path, **settings) as s:
+        port = int(s.url.rsplit(":", 1)[1])
+        old_worker = worker_pid(s.log, "mlp", 1)
+        clients = Clients(port, "/v2/models/mlp/infer", body, {}, 16, field="model_version")
+        time.sleep(1.0)
+        version = export_mlp(other_runs, repository)
+        wait_for(s.log, "model 'mlp' version 1: unloaded")
+        switched = time.monotonic()
+        time.sleep(0.5)
+        outcomes = clients.join()
+        answer = s.post("/v2/models/mlp/infer", json=v2_json(x)).json()
+        index = s.post("/v2/repository/index").json()
+        metadata = s.get("/v2/models/mlp").json()
+    assert version == 2
+    assert set(outcomes) == {200}, outcomes  # none lost, none refused, across the switch
+    seen = [v for _, v in clients.fields]
+    assert seen[0] == "1" and set(seen) == {"1", "2"}, set(seen)
+    assert {v for at, v in clients.fields if at > switched} == {"2"}
+    assert not alive(old_worker)  # version 1's worker exited
+    assert answer["model_version"] == "2" and metadata["versions"] == ["2"]
+    got = np.array(answer["outputs"][0]["data"], np.float32).reshape(len(x), -1)
+    np.testing.assert_allclose(got, direct(repository, "mlp", x, version=2), atol=1e-5, rtol=0)
+    assert np.abs(got - direct(repository, "mlp", x, version=1)).max() > 1e-3  # it is v2's
+    states = {(e["name"], e["version"]): e["state"] for e in index}
+    assert states == {("mlp", "1"): "UNAVAILABLE", ("mlp", "2"): "READY", ("resnet", "1"): "READY"}
+
+
+def test_a_tampered_export_is_refused_naming_the_file_and_a_removed_model_unloads(
+    repository, other_runs, tmp_path
+):
+    settings = {"model_control": "poll", "repository_poll": POLL}
+    with running_service(repository, tmp_path, **settings) as s:
+        version, changed = publish_tampered(other_runs, repository, tmp_path)
+        wait_for(s.log, f"model 'mlp' version {version} not loaded")
+        logged = s.log.read_text()
+        index = {e["version"]: e for e in s.post("/v2/repository/index").json()}
+        answer = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 2)))
+        failures = s.metric(
+            "tensorgate_model_load_failures_total", model="mlp", version=str(version)
+        )
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+        shutil.rmtree(repository / "resnet")
+        wait_for(s.log, "model 'resnet' version 1: unloaded")
+        gone = s.post("/v2/models/resnet/infer", json=v2_json(rows("resnet", 1)))
+        still = s.post("/v1/models/mlp:predict", json={"instances": rows("mlp", 1).tolist()})
+        ready = s.get("/v2/health/ready")
+    assert version == 2
+    assert f"{changed}: sha256" in logged  # the error names the file
+    assert index["2"]["state"] == "UNAVAILABLE" and str(changed) in index["2"]["reason"]
+    assert index["1"]["state"] == "READY"
+    assert failures == 1
+    assert gone.status_code == 503 and "no version in" in gone.json()["error"]
+    assert still.status_code == 200 and ready.status_code == 200
+
+
+def test_tritonclients_load_model_serves_a_new_export_and_refuses_a_tampered_one(
+    repository, other_runs, tmp_path
+):
+    with running_service(repository, tmp_path, model_control="explicit") as s:
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        export_mlp(other_runs, repository)
+        time.sleep(2 * POLL)
+        index = {e["version"]: e for e in client.get_model_repository_index() if e["name"] == "mlp"}
+        assert index["2"]["state"] == "UNAVAILABLE" and "load" in index["2"]["reason"]
+        client.load_model("mlp")  # returns once version 2 serves
+        served = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).json()
+        assert served["model_version"] == "2"
+        wait_for(s.log, "model 'mlp' version 1: unloaded")
+        _, changed = publish_tampered(other_runs, repository, tmp_path)
+        with pytest.raises(InferenceServerException, match="sha256") as refused:
+            client.load_model("mlp")
+        assert str(changed) in str(refused.value)
+        after = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).json()
+        assert after["model_version"] == "2"  # the serving version goes on
+        assert client.is_model_ready("resnet")  # untouched

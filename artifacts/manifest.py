@@ -26,6 +26,18 @@ SCHEMA_VERSION = 1
 Backend = Literal["onnxruntime", "torchscript"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
+# The V2 datatypes served, and the numpy dtype of each (the protocol's and the runtimes').
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64",
+]  # fmt: skip
+NUMPY: dict[Datatype, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}  # fmt: skip
+DATATYPES: dict[str, Datatype] = {dtype: name for name, dtype in NUMPY.items()}  # the reverse
+
 
 class Artifact(NamedTuple):
     """The file a backend loads."""
@@ -51,8 +63,13 @@ class _Strict(BaseModel):
 
 class TensorSpec(_Strict):
     name: str
-    datatype: Literal["FP32"]
-    shape: list[int]  # -1 for the dynamic batch axis
+    datatype: Datatype
+    shape: list[int]  # batch first; -1 for a dynamic axis (the batch axis, or another)
+
+    @property
+    def dtype(self) -> str:
+        """The numpy dtype."""
+        return NUMPY[self.datatype]
 
 
 class FileEntry(_Strict):
@@ -62,15 +79,29 @@ class FileEntry(_Strict):
 
 
 class Files(_Strict):
-    onnx: FileEntry
-    torchscript: FileEntry
+    onnx: FileEntry | None = None  # an imported TorchScript file has no ONNX twin
+    torchscript: FileEntry | None = None  # nor an imported ONNX file a TorchScript one
     examples: FileEntry | None = None  # EXAMPLES_NAME; absent in manifests older than it
+
+    @model_validator(mode="after")
+    def _an_artifact(self) -> "Files":
+        if self.onnx is None and self.torchscript is None:
+            raise ValueError("a version needs an ONNX or a TorchScript file")
+        return self
 
 
 class Parity(_Strict):
     max_abs_diff: float  # largest |probability - eager PyTorch's| over every batch tried
     batch_sizes: list[int]
     device: str  # "cpu" or "cuda"
+
+
+class Smoke(_Strict):
+    """An imported file's check: every backend ran on inputs of the declared signature."""
+
+    batch_sizes: list[int]
+    value_range: tuple[float, float]  # the random inputs' range
+    seconds: dict[str, float]  # backend -> the largest batch's time
 
 
 class Serving(_Strict):
@@ -83,29 +114,43 @@ class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     version: int = Field(ge=1)
-    task: Literal["binary", "multiclass"]
-    labels: list[str] = Field(min_length=2)
-    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    task: Literal["binary", "multiclass", "imported"]
+    labels: list[str] = []  # one per column of the first output, when it is a probability vector
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
     files: Files
-    metrics: dict[str, dict[str, float]]  # "eager" or a backend -> {"accuracy": held-out}
-    parity: dict[str, Parity]  # each backend on the CPU; "<backend>_cuda" where a GPU verified
+    metrics: dict[str, dict[str, float]] = {}  # "eager" or a backend -> {"accuracy": held-out}
+    # each backend on the CPU, "<backend>_cuda" where a GPU verified: against eager PyTorch,
+    # or for an imported file, against the outputs given with its sample
+    parity: dict[str, Parity] = {}
+    smoke: Smoke | None = None  # an imported file's
     serving: Serving = Serving()
-    config: dict[str, Any]  # the model's config dataclass, as saved with the checkpoint
-    source: dict[str, Any] = {}  # the checkpoint it came from, and its sha256
+    config: dict[str, Any] = {}  # the model's config dataclass, as saved with the checkpoint
+    source: dict[str, Any] = {}  # the checkpoint or file it came from, and its sha256
     versions: dict[str, str | int]  # torch, onnx, onnxruntime, opset
     created: datetime
 
     @model_validator(mode="after")
     def _labels_match_outputs(self) -> "Manifest":
         width = self.outputs[0].shape[-1]
-        if width != len(self.labels):
+        if self.labels and width != len(self.labels):
             raise ValueError(f"{len(self.labels)} labels for an output of width {width}")
+        if self.artifact(self.serving.backend) is None:
+            raise ValueError(f"serving.backend is {self.serving.backend}, which has no file")
         return self
 
-    def artifact(self, backend: Backend) -> FileEntry:
-        """The file entry `backend` loads."""
+    def artifact(self, backend: Backend) -> FileEntry | None:
+        """The file entry `backend` loads; None when the version has none for it."""
         return getattr(self.files, ARTIFACTS[backend].key)
+
+    @property
+    def batched(self) -> bool:
+        """Whether the inputs' first axis is a dynamic batch axis (else it is fixed at 1)."""
+        return self.inputs[0].shape[0] == -1
+
+    @property
+    def backends(self) -> list[Backend]:
+        return [b for b in BACKENDS if self.artifact(b) is not None]
 
 
 def sha256_file(path: Path) -> str:

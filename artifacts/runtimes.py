@@ -2,8 +2,9 @@
 chosen by the manifest or settings (never by probing imports or file extensions). The
 service serves through them and export proves its artifacts through them.
 
-Each call of `infer` is one device call for the whole batch: the input is copied to the
-device once and the probabilities back once.
+Each call of `infer` is one device call for the whole batch: the inputs are copied to the
+device once and the outputs back once. Inputs and outputs are tuples of arrays in the
+manifest's order (the graph's order for ONNX, the `forward` arguments' for TorchScript).
 
 torch is imported by the TorchScript backend alone: it is about 180 MB of resident memory
 per process, which the main and HTTP processes and every ONNX Runtime worker do without.
@@ -18,13 +19,15 @@ import onnxruntime as ort
 
 from .manifest import Backend
 
+Tensors = tuple[np.ndarray, ...]  # one array per input or output, batch first
+
 
 class Runtime(Protocol):
     name: Backend
     device: str  # "cpu" or "cuda:N"
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, *input) float32 -> (N, classes) float32 probabilities."""
+    def infer(self, inputs: Tensors) -> Tensors:
+        """Every input for N instances -> every output for them."""
         ...
 
 
@@ -75,12 +78,12 @@ class OrtRuntime:
         if self.session.get_providers()[0] != wanted:
             # ORT falls back to the CPU silently when CUDA libraries are missing.
             raise RuntimeError(f"ONNX Runtime could not start {wanted} for {path}")
-        # the graph's own tensor names: one input, one output
-        self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
+        # the graph's own tensor names, in its order
+        self.inputs = [t.name for t in self.session.get_inputs()]
+        self.outputs = [t.name for t in self.session.get_outputs()]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: batch})[0]
+    def infer(self, inputs: Tensors) -> Tensors:
+        return tuple(self.session.run(self.outputs, dict(zip(self.inputs, inputs, strict=True))))
 
 
 class TorchScriptRuntime:
@@ -98,10 +101,12 @@ class TorchScriptRuntime:
             torch.backends.cudnn.allow_tf32 = False
         self.module = torch.jit.load(str(path), map_location=device).eval()
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, inputs: Tensors) -> Tensors:
         with self.torch.inference_mode():
-            x = self.torch.from_numpy(batch).to(self.device)
-            return self.module(x).cpu().numpy()
+            tensors = [self.torch.from_numpy(x).to(self.device) for x in inputs]
+            out = self.module(*tensors)
+            outputs = out if isinstance(out, (tuple, list)) else (out,)
+            return tuple(t.cpu().numpy() for t in outputs)
 
 
 RUNTIMES: dict[Backend, type[OrtRuntime] | type[TorchScriptRuntime]] = {

@@ -350,10 +350,10 @@ def measure_ceiling(args) -> list[dict]:
             for batch in CEILING_BATCHES:
                 xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
                 for _ in range(20):
-                    runner.infer(xb)
+                    runner.infer((xb,))
                 calls, started = 0, time.perf_counter()
                 while time.perf_counter() - started < min(1.0, args.duration):
-                    runner.infer(xb)
+                    runner.infer((xb,))
                     calls += 1
                 rate = calls * batch / (time.perf_counter() - started)
                 rows.append(

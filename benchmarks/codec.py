@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from service.protocol import Signature, encode_v1, parse_v1
+from service.protocol import Signature, Tensor, encode_v1, parse_v1
 
 SIZES = (1, 64, 1024)
-SIGNATURE = Signature("mlp", 1, "input", (30,), "probabilities", ("malignant", "benign"), 4096)
+SIGNATURE = Signature(
+    model="mlp",
+    version=1,
+    inputs=(Tensor("input", "FP32", (30,)),),
+    outputs=(Tensor("probabilities", "FP32", (2,)),),
+    labels=("malignant", "benign"),
+    max_instances=4096,
+)
 
 
 def per_call_us(call: Callable[[], object], seconds: float = 0.5) -> float:
@@ -50,7 +57,7 @@ def measure(seconds: float) -> list[dict]:
             "json.dumps": lambda a=answer: json.dumps(a).encode(),
             "orjson.dumps": lambda a=answer: orjson.dumps(a),
             "parse_v1": lambda b=body: parse_v1(b, SIGNATURE),
-            "encode_v1": lambda p=p: encode_v1(p, SIGNATURE),
+            "encode_v1": lambda p=p: encode_v1((p,), SIGNATURE),
         }
         row = {"instances": n} | {name: per_call_us(c, seconds) for name, c in calls.items()}
         rows.append(row)

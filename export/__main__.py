@@ -1,4 +1,5 @@
-"""python -m export --model {mlp,resnet,transformer,all}: checkpoints -> model repository."""
+"""python -m export --model {mlp,resnet,transformer,all}: checkpoints -> model repository.
+python -m export import FILE --name NAME: a model file made elsewhere -> model repository."""
 
 import argparse
 import sys
@@ -8,6 +9,7 @@ from artifacts.manifest import BACKENDS, Serving, read_manifest
 from training.checkpoint import CHECKPOINT_NAME
 from training.registry import ALL_MODELS, REGISTRY
 
+from .importer import ImportFailed, import_model, parse_tensor
 from .pipeline import export_model
 from .verify import ParityError
 
@@ -15,10 +17,14 @@ DEFAULTS = Serving()
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        return import_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export trained checkpoints to TorchScript and ONNX, verify them against "
-        "eager PyTorch, and publish each as a new version in the model repository.",
+        "eager PyTorch, and publish each as a new version in the model repository. "
+        "To serve a model file made elsewhere: python -m export import --help",
     )
     parser.add_argument("--model", choices=[*ALL_MODELS, "all"], default="all")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="training runs folder")
@@ -61,6 +67,67 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{name}: wrote {version_dir}/ (eager acc {m.metrics['eager']['accuracy']:.4f}; "
               f"{figures})")  # fmt: skip
+    return 0
+
+
+def import_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export import",
+        description="Check an ONNX or TorchScript file made elsewhere, run it on inputs of its "
+        "signature, and publish it as a new version in the model repository.",
+    )
+    parser.add_argument("file", type=Path, help="a .onnx file, or a TorchScript .pt file")
+    parser.add_argument("--name", required=True, help="the model's name in the repository")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    tensor = "NAME:DATATYPE:D1,D2,... batch first, -1 for a dynamic axis (TorchScript only)"
+    parser.add_argument("--input", action="append", default=[], metavar="TENSOR", help=tensor)
+    parser.add_argument("--output", action="append", default=[], metavar="TENSOR", help=tensor)
+    parser.add_argument(
+        "--labels", type=Path, help="a file of labels, one per line, for the first output's columns"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)
+    parser.add_argument(
+        "--batch-timeout", type=float, default=DEFAULTS.batch_timeout, help="seconds"
+    )
+    parser.add_argument(
+        "--range", default="0,1", metavar="LOW,HIGH",
+        help="the smoke run's random input values (default: 0,1)",
+    )  # fmt: skip
+    parser.add_argument("--sample", type=Path, help="inputs.npz: an array per input name")
+    parser.add_argument("--expected", type=Path, help="outputs.npz: the sample's outputs")
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="for --expected")
+    args = parser.parse_args(argv)
+    try:
+        low, high = (float(v) for v in args.range.split(","))
+        labels = args.labels.read_text().split() if args.labels else None
+        version_dir = import_model(
+            args.file,
+            args.name,
+            args.repository,
+            inputs=[parse_tensor(t) for t in args.input] or None,
+            outputs=[parse_tensor(t) for t in args.output] or None,
+            labels=labels,
+            max_batch_size=args.max_batch_size,
+            batch_timeout=args.batch_timeout,
+            value_range=(low, high),
+            sample=args.sample,
+            expected=args.expected,
+            tolerance=args.tolerance,
+        )
+    except (ImportFailed, ValueError, OSError) as e:
+        print(f"import failed, no version written: {e}", file=sys.stderr)
+        return 1
+    m = read_manifest(version_dir)
+    signature = "; ".join(
+        f"{kind} {t.name} {t.datatype} {t.shape}"
+        for kind, tensors in (("in", m.inputs), ("out", m.outputs))
+        for t in tensors
+    )
+    print(f"{args.name}: wrote {version_dir}/ ({m.serving.backend}; {signature})")
+    if not m.batched:
+        print("  no dynamic batch axis: served one instance per request (max batch size 1)")
+    checked = f"; sample within {args.tolerance:g}" if m.parity else ""
+    print(f"  smoke run at batch sizes {m.smoke.batch_sizes}{checked}")
     return 0
 
 

@@ -61,7 +61,8 @@ def artifact_runners(version_dir: Path) -> dict[str, tuple[str, Runner]]:
         for backend in BACKENDS:
             path = version_dir / ARTIFACTS[backend].file_name
             key = backend if device == "cpu" else f"{backend}_{device}"
-            runners[key] = (device, load_runtime(backend, path, device, threads).infer)
+            runtime = load_runtime(backend, path, device, threads)
+            runners[key] = (device, lambda x, r=runtime: r.infer((x,))[0])  # one in, one out
     return runners
 
 

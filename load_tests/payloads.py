@@ -58,8 +58,12 @@ class Served:
 
 
 def served_models(repository: Path) -> list[str]:
-    """The models of a repository, by folder name."""
-    return sorted(p.name for p in repository.iterdir() if p.is_dir() and versions(p))
+    """The models of a repository the load test can drive, by folder name: those whose
+    highest version has examples.npy (an imported file's has none, so it is left out)."""
+    found = (p for p in repository.iterdir() if p.is_dir() and versions(p))
+    return sorted(
+        p.name for p in found if read_manifest(p / str(versions(p)[-1])).files.examples is not None
+    )
 
 
 def request_body(

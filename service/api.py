@@ -5,7 +5,8 @@ import time
 import litserve as ls
 import numpy as np
 
-from artifacts.runtimes import load_runtime
+from artifacts.manifest import TensorSpec
+from artifacts.runtimes import Tensors, load_runtime
 
 from .engine import Engine, LitSpec, WorkerLoop
 from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
@@ -20,8 +21,9 @@ class ModelAPI(ls.LitAPI):
 
     setup: load and warm the runtime (the worker reports ready only after it), timing the
     warm-up batches for the batching policy; batch -> predict -> unbatch: concatenate the
-    requests, run max-size device calls, split back. Requests arrive already validated as
-    float32 arrays (protocol.py, in the HTTP process), so there is nothing to decode.
+    requests input by input, run max-size device calls, split every output back. Requests
+    arrive already validated as arrays of the inputs' datatypes (protocol.py, in the HTTP
+    process), so there is nothing to decode.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class ModelAPI(ls.LitAPI):
         self.model_name = model.name  # the metrics' model label
         self.label = f"model '{model.name}' version {model.version}"  # for the logs
         self.threads = settings.threads
+        self.fixed_shapes = all(-1 not in t.shape[1:] for t in model.manifest.inputs)
         self.warmup_costs: list[tuple[int, float]] = []
 
     async def authorize(self) -> None:
@@ -53,12 +56,11 @@ class ModelAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         started = time.perf_counter()
         self.runtime = load_runtime(self.model.backend, self.model.artifact, device, self.threads)
-        shape = tuple(self.model.manifest.inputs[0].shape[1:])
-        for size in (1, self.max_batch_size):
-            x = np.zeros((size, *shape), dtype=np.float32)
+        for size in sorted({1, self.max_batch_size}):
+            inputs = warmup_inputs(self.model.manifest.inputs, size)
             for _ in range(WARMUP_ROUNDS):
                 began = time.perf_counter()
-                self.runtime.infer(x)
+                self.runtime.infer(inputs)
             self.warmup_costs.append((size, time.perf_counter() - began))  # the warm one
         name, version = self.model_name, str(self.model.version)
         MODEL_LOAD.labels(name, version).set(time.perf_counter() - started)
@@ -67,18 +69,35 @@ class ModelAPI(ls.LitAPI):
         self.batch_instances = BATCH_SIZE.labels(name)
         self.instances_total = INSTANCES.labels(name)
 
-    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+    def batch(self, inputs: list[Tensors]) -> Tensors:
+        if len(inputs) == 1:
+            return inputs[0]
+        return tuple(np.concatenate(column) for column in zip(*inputs, strict=True))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(N, ...) -> (N, classes), in device calls of at most max_batch_size instances."""
+    def predict(self, inputs: Tensors) -> Tensors:
+        """N instances -> every output for them, in device calls of at most max_batch_size."""
         started = time.perf_counter()
-        step = self.max_batch_size
-        outputs = [self.runtime.infer(x[i : i + step]) for i in range(0, len(x), step)]
+        step, n = self.max_batch_size, len(inputs[0])
+        calls = [
+            self.runtime.infer(tuple(x[i : i + step] for x in inputs)) for i in range(0, n, step)
+        ]
         self.compute_seconds.observe(time.perf_counter() - started)
-        self.batch_instances.observe(len(x))
-        self.instances_total.inc(len(x))
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        self.batch_instances.observe(n)
+        self.instances_total.inc(n)
+        if len(calls) == 1:
+            return calls[0]
+        return tuple(np.concatenate(column) for column in zip(*calls, strict=True))
 
-    def unbatch(self, output: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
-        return np.split(output, np.cumsum(sizes)[:-1])
+    def unbatch(self, outputs: Tensors, sizes: list[int]) -> list[Tensors]:
+        if len(sizes) == 1:
+            return [outputs]
+        cuts = np.cumsum(sizes)[:-1]
+        return list(zip(*(np.split(out, cuts) for out in outputs), strict=True))
+
+
+def warmup_inputs(specs: list[TensorSpec], instances: int) -> Tensors:
+    """Zeros of each input's datatype and shape (a dynamic axis past the batch one: 1)."""
+    return tuple(
+        np.zeros((instances, *(max(d, 1) for d in spec.shape[1:])), dtype=spec.dtype)
+        for spec in specs
+    )

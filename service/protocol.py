@@ -1,4 +1,5 @@
-"""KServe V1 and V2 (Open Inference Protocol) bodies <-> validated float32 batches.
+"""KServe V1 and V2 (Open Inference Protocol) bodies <-> validated batches: one array per
+model input, of its datatype, and one per output back.
 
 Pure functions, run in the HTTP process before a request is queued, so a bad request is
 answered with a 400 naming what was wrong and never reaches (or fails) a batch.
@@ -7,16 +8,51 @@ V2 includes the binary tensor data extension that tritonclient uses by default.
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
+from artifacts.manifest import NUMPY, Datatype
+from artifacts.runtimes import Tensors
+
 from .errors import BadRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # a JSON number beyond it is refused, not rounded
-NOT_FINITE = "contains NaN or Inf (or a value beyond float32's range)"
+# a JSON number beyond the datatype's range is refused, not rounded to Inf
+NOT_FINITE = "contains NaN or Inf (or a value beyond its datatype's range)"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output of a model, past the batch axis."""
+
+    name: str
+    datatype: Datatype
+    shape: tuple[int, ...]  # without the batch axis; -1 for a dynamic axis
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        return np.dtype(NUMPY[self.datatype])
+
+    @cached_property
+    def bounds(self) -> tuple[float, float]:
+        """The least and greatest value of the datatype (floats: its largest magnitude)."""
+        if self.dtype.kind == "f":
+            limit = float(np.finfo(self.dtype).max)
+            return -limit, limit
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            return int(info.min), int(info.max)
+        return 0, 1
+
+    def expected(self) -> str:
+        dims = ", ".join("*" if d == -1 else str(d) for d in self.shape)
+        return f"[N, {dims}]" if self.shape else "[N]"
+
+    def describe(self) -> str:
+        return f"'{self.name}' {self.expected()} {self.datatype}"
 
 
 @dataclass(frozen=True)
@@ -25,21 +61,27 @@ class Signature:
 
     model: str
     version: int
-    input_name: str
-    input_shape: tuple[int, ...]  # without the batch axis
-    output_name: str
-    labels: tuple[str, ...]
-    max_instances: int
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    labels: tuple[str, ...]  # one per column of the first output; () when it has none
+    max_instances: int  # per request: 1 for a model whose batch axis is fixed at 1
 
-    def expected(self) -> str:
-        return f"[N, {', '.join(map(str, self.input_shape))}]" if self.input_shape else "[N]"
+    def takes(self) -> str:
+        return ", ".join(t.describe() for t in self.inputs)
+
+
+class Requested(NamedTuple):
+    """An output to answer with: its index in the signature, and whether in binary."""
+
+    index: int
+    binary: bool
 
 
 @dataclass(frozen=True)
 class V2Request:
-    x: np.ndarray  # (N, *input_shape) float32
+    inputs: Tensors  # one array per input, in the signature's order
     id: str | None  # echoed in the response
-    binary_output: bool  # answer with the binary tensor extension
+    outputs: tuple[Requested, ...]  # what to answer with, in order
 
 
 def _json(body: bytes, what: str) -> dict:
@@ -65,53 +107,91 @@ def _has_booleans(data: Any, depth: int) -> bool:
     return bool in set(map(type, flat))
 
 
-def _numbers(data: Any, what: str, booleans_possible: bool = True) -> np.ndarray:
-    """Nested lists of numbers -> a float32 array; anything else is a 400. Pass
-    `booleans_possible=False` where the raw body has no `true` or `false` (a cheap check that
-    spares a pass over the values)."""
+def _numbers(data: Any, what: str, t: Tensor, booleans_possible: bool = True) -> np.ndarray:
+    """Nested lists of JSON values -> an array of the tensor's datatype; anything else (or a
+    value beyond the datatype's range) is a 400. Pass `booleans_possible=False` where the raw
+    body has no `true` or `false` (a cheap check that spares a pass over the values)."""
     try:
         arr = np.array(data)
     except (ValueError, TypeError):
         raise BadRequest(f"{what} is ragged: every row must have the same length") from None
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply (more axes than any input has)") from None
-    if arr.dtype.kind not in "iuf":  # strings, booleans, nulls, objects
-        raise BadRequest(f"{what} must hold only numbers (found {arr.dtype.name} values)")
+    kind = t.dtype.kind
+    if kind == "b":
+        if arr.dtype.kind != "b" and arr.size:
+            raise BadRequest(f"{what} must hold only booleans, true or false ({t.datatype})")
+        return arr.astype(bool)
+    if arr.dtype.kind not in ("iu" if kind in "iu" else "iuf") and arr.size:
+        found = f"{arr.dtype.name} values" if arr.dtype.kind != "f" else "decimal numbers"
+        wanted = "integers" if kind in "iu" else "numbers"
+        raise BadRequest(f"{what} must hold only {wanted} for {t.datatype} (found {found})")
     if booleans_possible and arr.ndim and _has_booleans(data, arr.ndim):
         raise BadRequest(f"{what} must hold only numbers (found a boolean among them)")
-    if arr.dtype.kind == "f" and not (np.abs(arr) <= FLOAT32_MAX).all():
-        raise BadRequest(f"{what} {NOT_FINITE}")
-    return arr.astype(np.float32)
+    low, high = t.bounds
+    if arr.size and not (arr.min() >= low and arr.max() <= high):
+        beyond = NOT_FINITE if kind == "f" else f"is beyond {t.datatype}'s range"
+        raise BadRequest(f"{what} {beyond}")
+    return arr.astype(t.dtype, copy=False)
 
 
-def _check_batch(x: np.ndarray, sig: Signature, what: str) -> np.ndarray:
-    if x.ndim == 0 or x.shape[1:] != sig.input_shape or x.shape[0] == 0:
+def _check_batch(x: np.ndarray, t: Tensor, sig: Signature, what: str) -> np.ndarray:
+    dims_match = x.shape[1:] == t.shape or (
+        x.ndim == len(t.shape) + 1
+        and all(d in (-1, got) for d, got in zip(t.shape, x.shape[1:], strict=True))
+    )
+    if x.ndim == 0 or not dims_match or x.shape[0] == 0:
         raise BadRequest(
-            f"{what} has shape {list(x.shape)}; model '{sig.model}' expects {sig.expected()} "
+            f"{what} has shape {list(x.shape)}; model '{sig.model}' expects {t.expected()} "
             f"with N >= 1"
         )
     if x.shape[0] > sig.max_instances:
         raise BadRequest(
             f"{what} holds {x.shape[0]} instances; at most {sig.max_instances} are allowed in "
-            "one request (TENSORGATE_MAX_INSTANCES)"
+            "one request (TENSORGATE_MAX_INSTANCES"
+            + ("; this model's batch axis is fixed at 1)" if sig.max_instances == 1 else ")")
         )
-    if not np.isfinite(x).all():
+    if t.dtype.kind == "f" and not np.isfinite(x).all():
         raise BadRequest(f"{what} {NOT_FINITE}")
     return np.ascontiguousarray(x)
 
 
-def parse_v1(body: bytes, sig: Signature) -> np.ndarray:
-    """{"instances": [instance, ...]} -> (N, *input_shape)."""
+def _same_count(inputs: Tensors, sig: Signature) -> Tensors:
+    counts = {len(x) for x in inputs}
+    if len(counts) > 1:
+        given = ", ".join(f"'{t.name}' {len(x)}" for t, x in zip(sig.inputs, inputs, strict=True))
+        raise BadRequest(f"every input needs the same number of instances; given: {given}")
+    return inputs
+
+
+def parse_v1(body: bytes, sig: Signature) -> Tensors:
+    """{"instances": [instance, ...]} -> each input (N, *shape). With several inputs, each
+    instance is an object of them by name, as KServe's V1 has it."""
     doc = _json(body, "request body")
     if "instances" not in doc:
-        raise BadRequest(
-            f'request body needs "instances": a list of instances of shape {list(sig.input_shape)}'
-        )
-    if not isinstance(doc["instances"], list):
+        raise BadRequest(f'request body needs "instances": a list of instances of {sig.takes()}')
+    instances = doc["instances"]
+    if not isinstance(instances, list):
         raise BadRequest('"instances" must be a list of instances')
     booleans = b"true" in body or b"false" in body
-    x = _numbers(doc["instances"], '"instances"', booleans)
-    return _check_batch(x, sig, '"instances"')
+    if len(sig.inputs) == 1:
+        (t,) = sig.inputs
+        x = _numbers(instances, '"instances"', t, booleans)
+        return (_check_batch(x, t, sig, '"instances"'),)
+    columns = {t.name: [] for t in sig.inputs}
+    for instance in instances:
+        if not isinstance(instance, dict) or set(instance) != set(columns):
+            raise BadRequest(
+                f"each instance must be an object of every input by name: {', '.join(columns)}"
+            )
+        for name, value in instance.items():
+            columns[name].append(value)
+    inputs = tuple(
+        _check_batch(_numbers(columns[t.name], f"input '{t.name}'", t, booleans), t, sig,
+                     f"input '{t.name}'")
+        for t in sig.inputs
+    )  # fmt: skip
+    return _same_count(inputs, sig)
 
 
 def _header_length(body: bytes, header: str | None) -> int:
@@ -145,73 +225,102 @@ def _shape(tensor: dict, what: str) -> list[int]:
     return shape
 
 
-def _tensor(tensor: Any, sig: Signature, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+def _tensor(
+    tensor: dict, t: Tensor, sig: Signature, binary: memoryview, offset: int
+) -> tuple[np.ndarray, int]:
     """One V2 input tensor -> (array, bytes of binary data it used)."""
-    if not isinstance(tensor, dict):
-        raise BadRequest('each entry of "inputs" must be an object')
-    name = tensor.get("name")
-    what = f"input '{name}'"
-    if name != sig.input_name:
-        raise BadRequest(f"unknown input {name!r}; model '{sig.model}' takes '{sig.input_name}'")
-    if tensor.get("datatype") != "FP32":
+    what = f"input '{t.name}'"
+    if tensor.get("datatype") != t.datatype:
         raise BadRequest(
-            f"{what} has datatype {tensor.get('datatype')!r}; model '{sig.model}' expects FP32"
+            f"{what} has datatype {tensor.get('datatype')!r}; model '{sig.model}' expects "
+            f"{t.datatype}"
         )
     shape = _shape(tensor, what)
     count = int(np.prod(shape)) if shape else 1
     size = _parameters(tensor, what).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != count * 4:
+        itemsize = t.dtype.itemsize
+        if not isinstance(size, int) or size != count * itemsize:
             raise BadRequest(
-                f"{what}: binary_data_size is {size!r}; shape {shape} of FP32 "
-                f"needs {count * 4} bytes"
+                f"{what}: binary_data_size is {size!r}; shape {shape} of {t.datatype} "
+                f"needs {count * itemsize} bytes"
             )
         if offset + size > len(binary):
             raise BadRequest(
                 f"{what}: the body has {len(binary) - offset} binary bytes left, "
                 f"binary_data_size says {size}"
             )
-        x = np.frombuffer(binary[offset : offset + size], dtype="<f4").reshape(shape)
-        return _check_batch(x.astype(np.float32), sig, what), size
+        raw = np.frombuffer(binary[offset : offset + size], dtype=t.dtype.newbyteorder("<"))
+        return _check_batch(raw.reshape(shape).astype(t.dtype), t, sig, what), size
     if "data" not in tensor:
         raise BadRequest(f'{what} needs "data" (or binary data with "binary_data_size")')
-    x = _numbers(tensor["data"], f"{what} data")
+    x = _numbers(tensor["data"], f"{what} data", t)
     if x.size != count:
         raise BadRequest(f"{what} has {x.size} values; shape {shape} needs {count}")
-    return _check_batch(x.reshape(shape), sig, what), 0
+    return _check_batch(x.reshape(shape), t, sig, what), 0
+
+
+def _inputs(doc: dict, sig: Signature, binary: memoryview) -> Tensors:
+    """Every input tensor, by name, in the signature's order; binary data in the request's."""
+    given = doc.get("inputs")
+    if not isinstance(given, list) or not given:
+        count = "one tensor" if len(sig.inputs) == 1 else f"{len(sig.inputs)} tensors"
+        raise BadRequest(
+            f"\"inputs\" must be a list of {count}; model '{sig.model}' takes {sig.takes()}"
+        )
+    by_name = {t.name: i for i, t in enumerate(sig.inputs)}
+    found: dict[int, np.ndarray] = {}
+    offset = 0
+    for tensor in given:
+        if not isinstance(tensor, dict):
+            raise BadRequest('each entry of "inputs" must be an object')
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in by_name:
+            names = ", ".join(f"'{t.name}'" for t in sig.inputs)
+            raise BadRequest(f"unknown input {name!r}; model '{sig.model}' takes {names}")
+        if by_name[name] in found:
+            raise BadRequest(f"input '{name}' is given twice")
+        x, used = _tensor(tensor, sig.inputs[by_name[name]], sig, binary, offset)
+        found[by_name[name]] = x
+        offset += used
+    missing = [t.describe() for i, t in enumerate(sig.inputs) if i not in found]
+    if missing:
+        raise BadRequest(
+            f"missing input {', '.join(missing)}; model '{sig.model}' takes {sig.takes()}"
+        )
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs unused")
+    return _same_count(tuple(found[i] for i in range(len(sig.inputs))), sig)
+
+
+def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:
+    """The outputs the request asks for (all when it names none), and which in binary."""
+    binary = bool(_parameters(doc, "the request").get("binary_data_output"))
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return tuple(Requested(i, binary) for i in range(len(sig.outputs)))
+    if not isinstance(outputs, list):
+        raise BadRequest('"outputs" must be a list of requested outputs')
+    by_name = {t.name: i for i, t in enumerate(sig.outputs)}
+    chosen = []
+    for out in outputs:
+        name = out.get("name") if isinstance(out, dict) else out
+        if not isinstance(name, str) or not isinstance(out, dict) or name not in by_name:
+            names = ", ".join(f"'{t.name}'" for t in sig.outputs)
+            raise BadRequest(f"unknown output {name!r}; model '{sig.model}' gives {names}")
+        params = _parameters(out, f"output '{name}'")
+        chosen.append(Requested(by_name[name], bool(params.get("binary_data", binary))))
+    return tuple(chosen) or tuple(Requested(i, binary) for i in range(len(sig.outputs)))
 
 
 def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> V2Request:
     length = _header_length(body, header_length)
     doc = _json(body[:length], "inference header")
-    binary = memoryview(body)[length:]
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise BadRequest(
-            f"\"inputs\" must be a list of one tensor; model '{sig.model}' takes "
-            f"'{sig.input_name}' {sig.expected()} FP32"
-        )
-    x, used = _tensor(inputs[0], sig, binary, 0)
-    if used != len(binary):
-        raise BadRequest(f"{len(binary) - used} bytes of binary data follow the inputs unused")
-
-    binary_output = bool(_parameters(doc, "the request").get("binary_data_output"))
-    outputs = doc.get("outputs")
-    if outputs is not None and not isinstance(outputs, list):
-        raise BadRequest('"outputs" must be a list of requested outputs')
-    for out in outputs or []:
-        if not isinstance(out, dict) or out.get("name") != sig.output_name:
-            name = out.get("name") if isinstance(out, dict) else out
-            raise BadRequest(
-                f"unknown output {name!r}; model '{sig.model}' gives '{sig.output_name}'"
-            )
-        out_params = _parameters(out, f"output '{sig.output_name}'")
-        if "binary_data" in out_params:
-            binary_output = bool(out_params["binary_data"])  # overrides binary_data_output
-    return V2Request(x=x, id=request_id, binary_output=binary_output)
+    inputs = _inputs(doc, sig, memoryview(body)[length:])
+    return V2Request(inputs=inputs, id=request_id, outputs=_requested(doc, sig))
 
 
 def _dumps(doc: dict) -> bytes:
@@ -219,34 +328,48 @@ def _dumps(doc: dict) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def encode_v1(probabilities: np.ndarray, sig: Signature) -> bytes:
-    probabilities = np.ascontiguousarray(probabilities)  # orjson takes contiguous rows only
-    best = probabilities.argmax(axis=1)
-    predictions = [
-        {"label": sig.labels[i], "index": int(i), "probabilities": row}
-        for i, row in zip(best, probabilities, strict=True)
-    ]
+def encode_v1(outputs: Tensors, sig: Signature) -> bytes:
+    """With labels: each instance's label, index and probabilities. Without: each instance's
+    row of the one output, or an object of every output's rows by name."""
+    if sig.labels:
+        probabilities = np.ascontiguousarray(outputs[0])  # orjson takes contiguous rows only
+        best = probabilities.argmax(axis=1)
+        predictions = [
+            {"label": sig.labels[i], "index": int(i), "probabilities": row}
+            for i, row in zip(best, probabilities, strict=True)
+        ]
+        return _dumps({"predictions": predictions})
+    rows = [np.ascontiguousarray(out) for out in outputs]
+    if len(rows) == 1:
+        return _dumps({"predictions": list(rows[0])})
+    names = [t.name for t in sig.outputs]
+    predictions = [dict(zip(names, row, strict=True)) for row in zip(*rows, strict=True)]
     return _dumps({"predictions": predictions})
 
 
-def encode_v2(probabilities: np.ndarray, sig: Signature, request: V2Request) -> tuple[bytes, dict]:
+def encode_v2(outputs: Tensors, sig: Signature, request: V2Request) -> tuple[bytes, dict]:
     """The V2 response body and its extra headers (the binary header length, when binary)."""
-    output: dict[str, Any] = {
-        "name": sig.output_name,
-        "datatype": "FP32",
-        "shape": list(probabilities.shape),
-    }
+    encoded, raw = [], []
+    for index, binary in request.outputs:
+        t = sig.outputs[index]
+        values = np.ascontiguousarray(outputs[index], dtype=t.dtype)
+        tensor: dict[str, Any] = {"name": t.name, "datatype": t.datatype}
+        tensor["shape"] = list(values.shape)
+        if binary:
+            data = values.astype(t.dtype.newbyteorder("<"), copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            tensor["data"] = values.ravel()
+        encoded.append(tensor)
     doc: dict[str, Any] = {
         "model_name": sig.model,
         "model_version": str(sig.version),
-        "outputs": [output],
+        "outputs": encoded,
     }
     if request.id is not None:
         doc["id"] = request.id
-    if not request.binary_output:
-        output["data"] = np.ascontiguousarray(probabilities).ravel()
-        return _dumps(doc), {}
-    raw = probabilities.astype("<f4", copy=False).tobytes()
-    output["parameters"] = {"binary_data_size": len(raw)}
     header = _dumps(doc)
-    return header + raw, {BINARY_HEADER: str(len(header))}
+    if not raw:
+        return header, {}
+    return header + b"".join(raw), {BINARY_HEADER: str(len(header))}

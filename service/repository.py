@@ -114,13 +114,21 @@ def describe(
             f"model '{name}': batch timeout {batch_timeout:g} s must be below "
             f"TENSORGATE_REQUEST_TIMEOUT ({settings.request_timeout:g} s)"
         )
+    backend = settings.backend or serving.backend
+    # a model without a dynamic batch axis takes one instance per call, whatever is set
+    max_batch_size = (settings.max_batch_size or serving.max_batch_size) if manifest.batched else 1
+    if manifest.artifact(backend) is None:
+        raise ManifestError(
+            f"{path}: no {backend} file (TENSORGATE_BACKEND); this version has "
+            f"{', '.join(manifest.backends)} only"
+        )
     return ServedModel(
         name=name,
         version=version,
         path=path,
         manifest=manifest,
         policy=policy,
-        backend=settings.backend or serving.backend,
-        max_batch_size=settings.max_batch_size or serving.max_batch_size,
+        backend=backend,
+        max_batch_size=max_batch_size,
         batch_timeout=batch_timeout,
     )

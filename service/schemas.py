@@ -5,18 +5,17 @@ The endpoints read raw bodies (the V2 binary extension is not JSON, and protocol
 JSON bodies faster and with clearer messages than a model would), so these describe the API
 rather than parse it; openapi.py puts them into /openapi.json. Request schemas are as strict
 as the validation where JSON Schema can say it: a V1 body's instances have the model's exact
-nested shape of float32-range numbers, a V2 tensor the model's name, datatype and shape past
-the batch axis. What it cannot say (that a V2 tensor's data holds as many values as its
+nested shape of values in their datatype's range, a V2 tensor the input's name, datatype and
+shape past the batch axis. What it cannot say (that a V2 tensor's data holds as many values as its
 shape; the binary extension's header) the service checks, answering 400.
 """
 
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
-from .protocol import FLOAT32_MAX, Signature
-
-FLOAT32 = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+from .protocol import Signature, Tensor
 
 
 class Error(BaseModel):
@@ -30,7 +29,10 @@ class V1Prediction(BaseModel):
 
 
 class V1Response(BaseModel):
-    predictions: list[V1Prediction]
+    predictions: list[V1Prediction | Any] = Field(
+        description="with labels, a label, index and probabilities per instance; without, "
+        "the instance's output row, or an object of every output's rows by name"
+    )
 
 
 class TritonTensorConfig(BaseModel):
@@ -120,50 +122,79 @@ class V2ModelMetadata(BaseModel):
     labels: list[str]
 
 
-def _instance(shape: tuple[int, ...]) -> dict:
-    schema = FLOAT32
-    for size in reversed(shape):
-        schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
+def _values(t: Tensor) -> dict:
+    """A JSON Schema for one value of the tensor's datatype."""
+    if t.datatype == "BOOL":
+        return {"type": "boolean"}
+    if t.dtype.kind in "iu":
+        info = np.iinfo(t.dtype)
+        return {"type": "integer", "minimum": int(info.min), "maximum": int(info.max)}
+    limit = float(np.finfo(t.dtype).max)
+    return {"type": "number", "minimum": -limit, "maximum": limit}
+
+
+def _instance(t: Tensor) -> dict:
+    schema = _values(t)
+    for size in reversed(t.shape):
+        schema = {"type": "array", "items": schema}
+        if size != -1:
+            schema |= {"minItems": size, "maxItems": size}
     return schema
 
 
 def v1_request(sig: Signature) -> dict:
     instances = {"type": "array", "minItems": 1, "maxItems": sig.max_instances}
+    if len(sig.inputs) == 1:
+        items = _instance(sig.inputs[0])
+    else:  # an object of every input by name
+        names = [t.name for t in sig.inputs]
+        props = {t.name: _instance(t) for t in sig.inputs}
+        items = {"type": "object", "required": names, "properties": props,
+                 "additionalProperties": False}  # fmt: skip
     return {
         "type": "object",
         "required": ["instances"],
-        "properties": {"instances": {**instances, "items": _instance(sig.input_shape)}},
+        "properties": {"instances": {**instances, "items": items}},
+    }
+
+
+def _v2_tensor(t: Tensor, sig: Signature) -> dict:
+    batch = {"type": "integer", "minimum": 1, "maximum": sig.max_instances}
+    dims = [batch, *({"const": d} if d != -1 else {"type": "integer"} for d in t.shape)]
+    shape = {"type": "array", "prefixItems": dims, "items": False, "minItems": len(dims)}
+    return {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"const": t.name},
+            "datatype": {"const": t.datatype},
+            "shape": shape,
+            "data": {"type": "array", "minItems": 1, "description": "row-major, flat or nested"},
+            "parameters": {"type": "object"},
+        },
     }
 
 
 def v2_request(sig: Signature) -> dict:
-    batch = {"type": "integer", "minimum": 1, "maximum": sig.max_instances}
-    dims = [batch, *({"const": size} for size in sig.input_shape)]
-    shape = {"type": "array", "prefixItems": dims, "items": False, "minItems": len(dims)}
     parameters = {"type": "object"}
-    tensor = {
-        "type": "object",
-        "required": ["name", "datatype", "shape", "data"],
-        "properties": {
-            "name": {"const": sig.input_name},
-            "datatype": {"const": "FP32"},
-            "shape": shape,
-            "data": {"type": "array", "minItems": 1, "description": "row-major, flat or nested"},
-            "parameters": parameters,
-        },
-    }
+    tensors = [_v2_tensor(t, sig) for t in sig.inputs]
     output = {
         "type": "object",
         "required": ["name"],
-        "properties": {"name": {"const": sig.output_name}, "parameters": parameters},
+        "properties": {
+            "name": {"enum": [t.name for t in sig.outputs]},
+            "parameters": parameters,
+        },
     }
+    count = len(sig.inputs)
+    items = tensors[0] if count == 1 else {"oneOf": tensors}
     return {
         "type": "object",
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
             "parameters": parameters,
-            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": tensor},
+            "inputs": {"type": "array", "minItems": count, "maxItems": count, "items": items},
             "outputs": {"type": "array", "items": output},
         },
     }

@@ -2,8 +2,8 @@
 model's one LitServe request queue, so their requests are batched together.
 
 Runs in LitServe's HTTP server processes: it authorises, reads the body under its size
-limit, validates it into a float32 batch (protocol.py), hands it to the engine (which bounds
-the queue, batches and answers) and encodes the probabilities as the protocol asks.
+limit, validates it into one array per input (protocol.py), hands it to the engine (which
+bounds the queue, batches and answers) and encodes the outputs as the protocol asks.
 """
 
 import time
@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from artifacts.manifest import ARTIFACTS, versions
+from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
 from .auth import check_api_key
 from .engine import Engine, LitSpec, State
@@ -29,7 +29,16 @@ from .errors import (
     error_response,
 )
 from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
-from .protocol import BINARY_HEADER, Signature, encode_v1, encode_v2, parse_v1, parse_v2
+from .protocol import (
+    BINARY_HEADER,
+    Signature,
+    Tensor,
+    Tensors,
+    encode_v1,
+    encode_v2,
+    parse_v1,
+    parse_v2,
+)
 from .repository import ServedModel, describe
 from .routes import MODEL_ROUTES
 from .settings import Settings
@@ -71,15 +80,18 @@ def api_path(model: ServedModel) -> str:
 
 
 def signature(model: ServedModel, max_instances: int) -> Signature:
-    tensor_in, tensor_out = model.manifest.inputs[0], model.manifest.outputs[0]
+    manifest = model.manifest
+
+    def tensors(specs: list[TensorSpec]) -> tuple[Tensor, ...]:
+        return tuple(Tensor(t.name, t.datatype, tuple(t.shape[1:])) for t in specs)
+
     return Signature(
         model=model.name,
         version=model.version,
-        input_name=tensor_in.name,
-        input_shape=tuple(tensor_in.shape[1:]),
-        output_name=tensor_out.name,
-        labels=tuple(model.manifest.labels),
-        max_instances=max_instances,
+        inputs=tensors(manifest.inputs),
+        outputs=tensors(manifest.outputs),
+        labels=tuple(manifest.labels),
+        max_instances=max_instances if manifest.batched else 1,
     )
 
 
@@ -187,14 +199,15 @@ class KServeSpec(LitSpec):
 
     # -- inference ---------------------------------------------------------------------
 
-    async def _run(self, request: Request, model: ServedModel, x: np.ndarray) -> np.ndarray:
-        probabilities = await self.engine.submit(model.key, x, request.receive)
-        if not np.isfinite(probabilities).all():  # e.g. inputs near float32's limits
-            raise BadRequest(
-                f"model '{self.name}' computes non-finite probabilities for these inputs; "
-                "they are far outside the range of its training data"
-            )
-        return probabilities
+    async def _run(self, request: Request, model: ServedModel, inputs: Tensors) -> Tensors:
+        outputs = await self.engine.submit(model.key, inputs, request.receive)
+        for out in outputs:  # non-finite floats: e.g. inputs near the limits of float32
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                raise BadRequest(
+                    f"model '{self.name}' computes non-finite outputs for these inputs; "
+                    "they are far outside the range of its training data"
+                )
+        return outputs
 
     async def _serve(
         self, request: Request, protocol: str, version: str | None, handle
@@ -246,8 +259,8 @@ class KServeSpec(LitSpec):
     async def v1_predict(self, request: Request) -> Response:
         async def handle(body: bytes, model: ServedModel) -> Response:
             sig = self.signatures[model.version]
-            probabilities = await self._run(request, model, parse_v1(body, sig))
-            return Response(encode_v1(probabilities, sig), media_type="application/json")
+            outputs = await self._run(request, model, parse_v1(body, sig))
+            return Response(encode_v1(outputs, sig), media_type="application/json")
 
         return await self._serve(request, "v1", None, handle)
 
@@ -255,8 +268,8 @@ class KServeSpec(LitSpec):
         async def handle(body: bytes, model: ServedModel) -> Response:
             sig = self.signatures[model.version]
             parsed = parse_v2(body, request.headers.get(BINARY_HEADER), sig)
-            probabilities = await self._run(request, model, parsed.x)
-            content, headers = encode_v2(probabilities, sig, parsed)
+            outputs = await self._run(request, model, parsed.inputs)
+            content, headers = encode_v2(outputs, sig, parsed)
             media = "application/octet-stream" if headers else "application/json"
             return Response(content, media_type=media, headers=headers)
 

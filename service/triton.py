@@ -16,13 +16,11 @@ from .settings import Settings
 if TYPE_CHECKING:  # spec.py imports this module
     from .spec import KServeSpec
 
-DATA_TYPES = {"FP32": "TYPE_FP32"}  # V2 datatype -> Triton's config enum
-
 
 def _tensor(spec: TensorSpec) -> dict:
     return {
         "name": spec.name,
-        "data_type": DATA_TYPES[spec.datatype],
+        "data_type": f"TYPE_{spec.datatype}",  # Triton's config enum: TYPE_FP32, TYPE_INT64...
         "format": "FORMAT_NONE",
         "dims": spec.shape[1:],  # the batch axis is implied by max_batch_size > 0
     }

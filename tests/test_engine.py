@@ -68,17 +68,18 @@ def test_a_version_retired_while_a_request_is_admitted_refuses_it_and_releases_i
 
     engine._admit = admit_then_retire
     with pytest.raises(Retired, match="stopped serving"):
-        asyncio.run(engine.submit("mlp:1", np.zeros((1, 3), np.float32)))
+        asyncio.run(engine.submit("mlp:1", (np.zeros((1, 3), np.float32),)))
     assert engine.in_flight("mlp:1") == 0 and engine.answered() == 1
     with pytest.raises(Retired, match="is not serving"):  # and every request after it
-        asyncio.run(engine.submit("mlp:1", np.zeros((1, 3), np.float32)))
+        asyncio.run(engine.submit("mlp:1", (np.zeros((1, 3), np.float32),)))
 
 
 # -- wire ----------------------------------------------------------------------------------
 
 
 def test_frames_split_anywhere_are_reassembled_in_order():
-    messages = [Infer(i, 1.5, np.full((i + 1, 3), i, np.float32)) for i in range(5)] + [Cancel(9)]
+    messages = [Infer(i, 1.5, (np.full((i + 1, 3), i, np.float32),)) for i in range(5)]
+    messages.append(Cancel(9))
     stream = b"".join(frame(m) for m in messages)
     reader, got = FrameReader(), []
     for start in range(0, len(stream), 7):  # 7-byte chunks cut through headers and bodies
@@ -86,7 +87,7 @@ def test_frames_split_anywhere_are_reassembled_in_order():
     assert [type(m) for m in got] == [Infer] * 5 + [Cancel]
     for sent, received in zip(messages[:5], got[:5], strict=True):
         assert received.uid == sent.uid
-        np.testing.assert_array_equal(received.x, sent.x)
+        np.testing.assert_array_equal(received.inputs[0], sent.inputs[0])
     assert reader.buffer == bytearray()
 
 
@@ -168,6 +169,7 @@ class Doubler:
     label = "model 'doubler' version 1"
     max_batch_size = 8
     batch_timeout = 0.0
+    fixed_shapes = False  # as if its input had a dynamic axis past the batch one
     request_timeout = 5.0
     warmup_costs: tuple = ()
 
@@ -176,16 +178,17 @@ class Doubler:
         self.stats = Stats(capacity=1)  # what the worker counts for Triton's statistics
 
     def batch(self, inputs):
-        return np.concatenate(inputs)
+        return (np.concatenate([x for (x,) in inputs]),)
 
-    def predict(self, x):
+    def predict(self, inputs):
+        (x,) = inputs
         if (x == -1).all(axis=1).any():
             raise RuntimeError("a poisoned row")
         self.batches.append(len(x))
-        return x * 2
+        return (x * 2,)
 
-    def unbatch(self, output, sizes):
-        return np.split(output, np.cumsum(sizes)[:-1])
+    def unbatch(self, outputs, sizes):
+        return [(out,) for out in np.split(outputs[0], np.cumsum(sizes)[:-1])]
 
 
 class Peer:
@@ -225,17 +228,33 @@ def x(rows: int, value: float = 1.0) -> np.ndarray:
     return np.full((rows, 3), value, np.float32)
 
 
+def test_requests_whose_shapes_differ_past_the_batch_axis_run_in_separate_batches(worker):
+    """A dynamic axis besides the batch one (a sequence length): rows of 3 and of 5 values
+    cannot be stacked, so each run of alike requests is its own batch, in arrival order."""
+    addr, api, started = worker
+    peer = Peer(addr)
+    now = time.monotonic()
+    wide = np.ones((1, 5), np.float32)
+    peer.send(Infer(0, now, (x(1),)), Infer(1, now, (x(1),)), Infer(2, now, (wide,)),
+              Infer(3, now, (x(1),)))  # fmt: skip
+    time.sleep(0.2)
+    started.set()
+    answers = peer.answers(4)
+    assert api.batches == [2, 1, 1]
+    np.testing.assert_array_equal(answers[2].outputs[0], wide * 2)
+
+
 def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     addr, api, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(*(Infer(i, now, x(2, i)) for i in range(6)))  # 12 instances, max batch 8
+    peer.send(*(Infer(i, now, (x(2, i),)) for i in range(6)))  # 12 instances, max batch 8
     time.sleep(0.2)  # all of it has arrived before the worker looks
     started.set()
     answers = peer.answers(6)
     assert api.batches == [8, 4]  # four requests fill the first batch; the rest run next
     for i in range(6):
-        np.testing.assert_array_equal(answers[i].output, x(2, 2 * i))
+        np.testing.assert_array_equal(answers[i].outputs[0], x(2, 2 * i))
     entry = api.stats.triton(api.slot, "doubler", 3)
     assert (entry["name"], entry["version"]) == ("doubler", "3")
     assert (entry["inference_count"], entry["execution_count"]) == (12, 2)
@@ -251,7 +270,9 @@ def test_a_cancelled_request_is_not_computed_and_a_late_one_answers_504(worker):
     addr, api, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(Infer(0, now, x(1)), Infer(1, now, x(1)), Cancel(0), Infer(2, now - 60, x(1)))
+    peer.send(
+        Infer(0, now, (x(1),)), Infer(1, now, (x(1),)), Cancel(0), Infer(2, now - 60, (x(1),))
+    )
     time.sleep(0.2)
     started.set()
     answers = peer.answers(2)
@@ -265,23 +286,23 @@ def test_a_failing_batch_fails_only_its_own_requests(worker):
     addr, _, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(Infer(0, now, x(4, -1)), Infer(1, now, x(4)), Infer(2, now, x(3)))
+    peer.send(Infer(0, now, (x(4, -1),)), Infer(1, now, (x(4),)), Infer(2, now, (x(3),)))
     time.sleep(0.2)
     started.set()
     answers = peer.answers(3)
     assert answers[0].failure.status == 500 and "a poisoned row" in answers[0].failure.message
     assert answers[1].failure == answers[0].failure  # same batch of 8
-    np.testing.assert_array_equal(answers[2].output, x(3, 2))
+    np.testing.assert_array_equal(answers[2].outputs[0], x(3, 2))
 
 
 def test_each_http_process_gets_its_own_answers(worker):
     addr, _, started = worker
     a, b = Peer(addr), Peer(addr)
     started.set()
-    a.send(Infer(0, time.monotonic(), x(1, 3)))
-    b.send(Infer(0, time.monotonic(), x(1, 5)))
-    np.testing.assert_array_equal(a.answers(1)[0].output, x(1, 6))
-    np.testing.assert_array_equal(b.answers(1)[0].output, x(1, 10))
+    a.send(Infer(0, time.monotonic(), (x(1, 3),)))
+    b.send(Infer(0, time.monotonic(), (x(1, 5),)))
+    np.testing.assert_array_equal(a.answers(1)[0].outputs[0], x(1, 6))
+    np.testing.assert_array_equal(b.answers(1)[0].outputs[0], x(1, 10))
 
 
 # -- the one seam ----------------------------------------------------------------------------

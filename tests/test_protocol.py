@@ -4,6 +4,7 @@ the HTTP suite (test_service.py) keeps a smaller table end to end."""
 
 import json
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ from helpers import NAMES
 
 from export.formats import INPUT_NAME, OUTPUT_NAME
 from service.errors import BadRequest
-from service.protocol import Signature, encode_v1, encode_v2, parse_v1, parse_v2
+from service.protocol import Signature, Tensor, encode_v1, encode_v2, parse_v1, parse_v2
 from training import REGISTRY
 
 MAX_INSTANCES = 8
@@ -24,9 +25,8 @@ def signature(name: str) -> Signature:
     return Signature(
         model=name,
         version=1,
-        input_name=INPUT_NAME,
-        input_shape=dataset.input_shape,
-        output_name=OUTPUT_NAME,
+        inputs=(Tensor(INPUT_NAME, "FP32", tuple(dataset.input_shape)),),
+        outputs=(Tensor(OUTPUT_NAME, "FP32", (len(dataset.labels),)),),
         labels=dataset.labels,
         max_instances=MAX_INSTANCES,
     )
@@ -36,15 +36,15 @@ SIGNATURES = {name: signature(name) for name in NAMES}
 
 
 def batch(sig: Signature, n: int = 1, value: float = 1.0) -> list:
-    return np.full((n, *sig.input_shape), value, np.float32).tolist()
+    return np.full((n, *sig.inputs[0].shape), value, np.float32).tolist()
 
 
 def size(sig: Signature) -> int:
-    return math.prod(sig.input_shape)
+    return math.prod(sig.inputs[0].shape)
 
 
 def tensor(sig: Signature, n: int = 1, **fields) -> dict:
-    base = {"name": INPUT_NAME, "datatype": "FP32", "shape": [n, *sig.input_shape]}
+    base = {"name": INPUT_NAME, "datatype": "FP32", "shape": [n, *sig.inputs[0].shape]}
     return {**base, "data": [1.0] * (n * size(sig)), **fields}
 
 
@@ -58,7 +58,7 @@ def binary(doc: dict, raw: bytes) -> tuple[bytes, str]:
 
 
 def binary_tensor(sig: Signature, nbytes: int, n: int = 1) -> dict:
-    shape = [n, *sig.input_shape]
+    shape = [n, *sig.inputs[0].shape]
     params = {"binary_data_size": nbytes}
     return {
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": shape, "parameters": params}]
@@ -100,7 +100,7 @@ BAD_V1: list[tuple[str, Body, str]] = [
     ("-Infinity", lambda s: dumps({"instances": batch(s, value=-math.inf)}), "not valid JSON"),
     ("a huge number", lambda s: dumps({"instances": batch(s)}).replace(b"1.0", b"1e400"), "number is infinity"),
     ("a huge integer", lambda s: dumps({"instances": [[10**400] * size(s)]}), "number is infinity"),
-    ("beyond float32", lambda s: dumps({"instances": np.full((1, size(s)), 1e39).reshape(1, *s.input_shape).tolist()}), "NaN or Inf"),
+    ("beyond float32", lambda s: dumps({"instances": np.full((1, size(s)), 1e39).reshape(1, *s.inputs[0].shape).tolist()}), "NaN or Inf"),
     ("too many instances", lambda s: dumps({"instances": batch(s, MAX_INSTANCES + 1)}), f"at most {MAX_INSTANCES}"),
     ("nested too deeply", lambda s: b'{"instances": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}", "nested too deeply"),
 ]
@@ -110,18 +110,19 @@ BAD_V2: list[tuple[str, V2Body, str]] = [
     ("not an object", lambda s: (b"[]", None), "must be a JSON object"),
     ("no inputs", lambda s: v2({}), '"inputs" must be a list of one tensor'),
     ("inputs an object", lambda s: v2({"inputs": tensor(s)}), '"inputs" must be a list of one tensor'),
-    ("two inputs", lambda s: v2({"inputs": [tensor(s), tensor(s)]}), '"inputs" must be a list of one tensor'),
+    ("no tensor", lambda s: v2({"inputs": []}), '"inputs" must be a list of one tensor'),
+    ("the input twice", lambda s: v2({"inputs": [tensor(s), tensor(s)]}), "input 'input' is given twice"),
     ("input a string", lambda s: v2({"inputs": ["x"]}), "must be an object"),
     ("unknown input", lambda s: v2({"inputs": [tensor(s, name="x")]}), "unknown input 'x'"),
     ("no input name", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "name"}]}), "unknown input None"),
     ("wrong datatype", lambda s: v2({"inputs": [tensor(s, datatype="INT64")]}), "expects FP32"),
     ("no datatype", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "datatype"}]}), "expects FP32"),
     ("shape a string", lambda s: v2({"inputs": [tensor(s, shape="1x30")]}), '"shape"'),
-    ("negative dimension", lambda s: v2({"inputs": [tensor(s, shape=[-1, *s.input_shape])]}), '"shape"'),
-    ("boolean dimension", lambda s: v2({"inputs": [tensor(s, shape=[True, *s.input_shape])]}), '"shape"'),
+    ("negative dimension", lambda s: v2({"inputs": [tensor(s, shape=[-1, *s.inputs[0].shape])]}), '"shape"'),
+    ("boolean dimension", lambda s: v2({"inputs": [tensor(s, shape=[True, *s.inputs[0].shape])]}), '"shape"'),
     ("no shape", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "shape"}]}), '"shape"'),
-    ("wrong element count", lambda s: v2({"inputs": [tensor(s, shape=[2, *s.input_shape])]}), "needs"),
-    ("right count, wrong shape", lambda s: v2({"inputs": [tensor(s, shape=[1, size(s)])] if len(s.input_shape) > 1 else [tensor(s, shape=[size(s), 1])]}), "expects"),
+    ("wrong element count", lambda s: v2({"inputs": [tensor(s, shape=[2, *s.inputs[0].shape])]}), "needs"),
+    ("right count, wrong shape", lambda s: v2({"inputs": [tensor(s, shape=[1, size(s)])] if len(s.inputs[0].shape) > 1 else [tensor(s, shape=[size(s), 1])]}), "expects"),
     ("no data", lambda s: v2({"inputs": [{k: v for k, v in tensor(s).items() if k != "data"}]}), '"data"'),
     ("string data", lambda s: v2({"inputs": [tensor(s, data=["a"] * size(s))]}), "only numbers"),
     ("ragged data", lambda s: v2({"inputs": [tensor(s, data=[[1.0], [1.0, 2.0]])]}), "ragged"),
@@ -174,33 +175,103 @@ def test_the_tables_cover_at_least_40_bad_inputs():
 @pytest.mark.parametrize("name", NAMES)
 def test_good_bodies_give_back_the_same_batch_in_every_encoding(name):
     sig = SIGNATURES[name]
-    x = np.random.default_rng(0).uniform(0, 16, (3, *sig.input_shape)).astype(np.float32)
-    np.testing.assert_array_equal(parse_v1(dumps({"instances": x.tolist()}), sig), x)
+    x = np.random.default_rng(0).uniform(0, 16, (3, *sig.inputs[0].shape)).astype(np.float32)
+    (got,) = parse_v1(dumps({"instances": x.tolist()}), sig)
+    np.testing.assert_array_equal(got, x)
     doc = {"id": "a", "inputs": [tensor(sig, n=3, data=x.ravel().tolist())]}
     parsed = parse_v2(dumps(doc), None, sig)
-    np.testing.assert_array_equal(parsed.x, x)
-    assert (parsed.id, parsed.binary_output) == ("a", False)
+    np.testing.assert_array_equal(parsed.inputs[0], x)
+    assert (parsed.id, parsed.outputs) == ("a", ((0, False),))  # every output, in JSON
     nested = {"inputs": [tensor(sig, n=3, data=x.tolist())]}  # nested data is row-major too
-    np.testing.assert_array_equal(parse_v2(dumps(nested), None, sig).x, x)
+    np.testing.assert_array_equal(parse_v2(dumps(nested), None, sig).inputs[0], x)
     wanted = [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}]
     body, header = binary({**binary_tensor(sig, x.nbytes, n=3), "outputs": wanted}, x.tobytes())
     parsed = parse_v2(body, header, sig)
-    np.testing.assert_array_equal(parsed.x, x)
-    assert parsed.binary_output
+    np.testing.assert_array_equal(parsed.inputs[0], x)
+    assert parsed.outputs == ((0, True),)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_answers_are_encoded_with_labels_and_exact_bytes(name):
     sig = SIGNATURES[name]
     p = np.random.default_rng(1).dirichlet(np.ones(len(sig.labels)), 4).astype(np.float32)
-    predictions = json.loads(encode_v1(p, sig))["predictions"]
+    predictions = json.loads(encode_v1((p,), sig))["predictions"]
     assert [r["label"] for r in predictions] == [sig.labels[i] for i in p.argmax(axis=1)]
     assert [r["index"] for r in predictions] == p.argmax(axis=1).tolist()
     request = parse_v2(*binary(binary_tensor(sig, 4 * size(sig)), bytes(4 * size(sig))), sig)
-    request = type(request)(x=request.x, id="q", binary_output=True)
-    content, headers = encode_v2(p, sig, request)
+    request = type(request)(inputs=request.inputs, id="q", outputs=((0, True),))
+    content, headers = encode_v2((p,), sig, request)
     length = int(headers["Inference-Header-Content-Length"])
     doc = json.loads(content[:length])
     assert (doc["model_name"], doc["model_version"], doc["id"]) == (name, "1", "q")
     assert doc["outputs"][0]["parameters"]["binary_data_size"] == p.nbytes
     np.testing.assert_array_equal(np.frombuffer(content[length:], "<f4").reshape(p.shape), p)
+
+
+# -- several inputs and outputs, the V2 datatypes ------------------------------------------
+
+MIXED = Signature(
+    model="mixed",
+    version=2,
+    inputs=(Tensor("mask", "BOOL", (2,)), Tensor("ids", "UINT8", (2,)), Tensor("h", "FP16", (2,))),
+    outputs=(Tensor("y", "FP64", (1,)), Tensor("n", "INT32", (1,))),
+    labels=(),
+    max_instances=MAX_INSTANCES,
+)
+
+
+def mixed(mask=(True, False), ids=(7, 255), h=(0.5, -2.0)) -> list[dict]:
+    return [
+        {"name": "mask", "datatype": "BOOL", "shape": [1, 2], "data": list(mask)},
+        {"name": "ids", "datatype": "UINT8", "shape": [1, 2], "data": list(ids)},
+        {"name": "h", "datatype": "FP16", "shape": [1, 2], "data": list(h)},
+    ]
+
+
+def test_each_datatype_is_parsed_into_its_own_dtype_in_json_and_binary():
+    parsed = parse_v2(dumps({"inputs": mixed()[::-1]}), None, MIXED)  # any order
+    mask, ids, h = parsed.inputs
+    assert (mask.dtype, ids.dtype, h.dtype) == (np.bool_, np.uint8, np.float16)
+    assert mask.tolist() == [[True, False]] and ids.tolist() == [[7, 255]]
+    assert h.tolist() == [[0.5, -2.0]]
+    arrays = [np.array([[True, True]]), np.array([[1, 2]], np.uint8), np.array([[1, 2]], "<f2")]
+    header = {"inputs": [{**t, "parameters": {"binary_data_size": a.nbytes}} for t, a in
+                         zip(mixed(), arrays, strict=True)]}  # fmt: skip
+    for t in header["inputs"]:
+        del t["data"]
+    parsed = parse_v2(*binary(header, b"".join(a.tobytes() for a in arrays)), MIXED)
+    for got, want in zip(parsed.inputs, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+    (rows,) = {len(x) for x in parse_v1(dumps({"instances": [
+        {"mask": [True, False], "ids": [1, 2], "h": [0.0, 1.0]}] * 3}), MIXED)}  # fmt: skip
+    assert rows == 3
+
+
+@pytest.mark.parametrize(("case", "inputs", "says"), [
+    ("a number for BOOL", mixed(mask=(1, 0)), "only booleans"),
+    ("beyond UINT8", mixed(ids=(7, 256)), "beyond UINT8's range"),
+    ("negative for UINT8", mixed(ids=(-1, 2)), "beyond UINT8's range"),
+    ("a fraction for UINT8", mixed(ids=(1.5, 2)), "only integers for UINT8"),
+    ("beyond FP16", mixed(h=(70000.0, 1.0)), "NaN or Inf"),
+    ("a missing input", mixed()[:2], "missing input 'h' [N, 2] FP16"),
+])  # fmt: skip
+def test_a_value_outside_its_datatype_is_a_400_naming_the_input(case, inputs, says):
+    with pytest.raises(BadRequest, match=re.escape(says)):
+        parse_v2(dumps({"inputs": inputs}), None, MIXED)
+
+
+def test_requested_outputs_are_answered_in_their_datatypes_json_or_binary():
+    y, n = np.array([[0.25], [0.5]]), np.array([[3], [4]], np.int32)
+    asked = {
+        "inputs": mixed(),
+        "outputs": [{"name": "n"}, {"name": "y", "parameters": {"binary_data": True}}],
+    }
+    request = parse_v2(dumps(asked), None, MIXED)
+    content, headers = encode_v2((y, n), MIXED, request)
+    length = int(headers["Inference-Header-Content-Length"])
+    doc = json.loads(content[:length])
+    assert [(o["name"], o["datatype"]) for o in doc["outputs"]] == [("n", "INT32"), ("y", "FP64")]
+    assert doc["outputs"][0]["data"] == [3, 4]
+    np.testing.assert_array_equal(np.frombuffer(content[length:], "<f8").reshape(2, 1), y)
+    predictions = json.loads(encode_v1((y, n), MIXED))["predictions"]  # no labels: by name
+    assert predictions == [{"y": [0.25], "n": [3]}, {"y": [0.5], "n": [4]}]

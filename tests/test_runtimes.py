@@ -15,7 +15,7 @@ def test_each_runtime_answers_the_examples_as_onnxruntime_does(exported, name, b
     examples = served(exported, name).examples
     runtime = load_runtime(backend, artifact(exported, name, backend), "cpu", threads=1)
     assert (runtime.name, runtime.device) == (backend, "cpu")
-    got = runtime.infer(examples)
+    (got,) = runtime.infer((examples,))
     assert got.dtype == np.float32 and got.shape == (len(examples), got.shape[1])
     np.testing.assert_allclose(got, direct(exported, name, examples), atol=1e-5, rtol=0)
     np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e-5)

@@ -128,7 +128,7 @@ BAD_REQUESTS = [
     ("v1 nested too deeply", "POST", "/v1/models/resnet:predict", {"data": b'{"instances": ' + DEEP + b"}"}, 400, "nested too deeply"),
     ("v1 wrong shape", "POST", "/v1/models/transformer:predict", {"json": {"instances": [[1, 2, 3]]}}, 400, "expects [N, 8, 8]"),
     ("v1 too many instances", "POST", "/v1/models/mlp:predict", {"json": {"instances": ONE_ROW.tolist() * 1025}}, 400, "at most 1024"),
-    ("v1 probabilities overflow", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[3e38] * 30]}}, 400, "non-finite probabilities"),
+    ("v1 probabilities overflow", "POST", "/v1/models/mlp:predict", {"json": {"instances": [[3e38] * 30]}}, 400, "non-finite outputs"),
     ("v2 wrong shape", "POST", "/v2/models/resnet/infer", {"json": v2_json(ONE_ROW)}, 400, "expects [N, 1, 8, 8]"),
     ("versioned v2 wrong datatype", "POST", "/v2/models/mlp/versions/1/infer", {"json": {"inputs": [{**v2_json(ONE_ROW)["inputs"][0], "datatype": "INT64"}]}}, 400, "expects FP32"),
     ("v2 binary header too long", "POST", "/v2/models/mlp/infer", {"data": b"{}", "headers": {"Inference-Header-Content-Length": "99"}}, 400, "body has 2 bytes"),

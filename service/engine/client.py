@@ -26,8 +26,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-import numpy as np
-
 from ..errors import (
     ClientGone,
     Overloaded,
@@ -39,7 +37,7 @@ from ..errors import (
 )
 from .stats import Stats
 from .table import Slot, State, VersionTable
-from .wire import Cancel, FrameReader, Infer, address, frame
+from .wire import Cancel, FrameReader, Infer, Tensors, address, frame
 
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
 DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
@@ -67,7 +65,7 @@ class Link(asyncio.Protocol):
                 if future is None or future.done():
                     continue
                 if answer.failure is None:
-                    future.set_result(answer.output)
+                    future.set_result(answer.outputs)
                 else:
                     future.set_exception(for_status(*answer.failure))
 
@@ -83,11 +81,11 @@ class Link(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def send(self, x: np.ndarray) -> tuple[int, asyncio.Future]:
+    def send(self, inputs: Tensors) -> tuple[int, asyncio.Future]:
         uid = next(self.uids)
         future = asyncio.get_running_loop().create_future()
         self.pending[uid] = future
-        self.transport.write(frame(Infer(uid, time.monotonic(), x)))  # buffered, never blocks
+        self.transport.write(frame(Infer(uid, time.monotonic(), inputs)))  # buffered, never blocks
         return uid, future
 
     def cancel(self, uid: int) -> None:
@@ -282,8 +280,8 @@ class Engine:
             return False
         return await self._links(key).ready()
 
-    async def submit(self, key: str, x: np.ndarray, receive: Receive | None = None) -> np.ndarray:
-        """The model version's probabilities for `x` (instances, *input), batched with other
+    async def submit(self, key: str, inputs: Tensors, receive: Receive | None = None) -> Tensors:
+        """The model version's outputs for `inputs` (each batch first), batched with other
         requests.
 
         Raises ShuttingDown, Overloaded, Unavailable, Retired, Timeout or ClientGone (all
@@ -302,14 +300,14 @@ class Engine:
             if self.table.read(slot.index) != slot:
                 raise Retired(f"model version '{key}' stopped serving")
             link = await self._links(key).pick()
-            uid, future = link.send(x)
+            uid, future = link.send(inputs)
             return await self._wait(key, link, uid, future, receive)
         finally:
             self._release(slot.index)
 
     async def _wait(
         self, model: str, link: Link, uid: int, future: asyncio.Future, receive: Receive | None
-    ) -> np.ndarray:
+    ) -> Tensors:
         loop = asyncio.get_running_loop()
 
         def expire() -> None:

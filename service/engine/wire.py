@@ -9,7 +9,7 @@ A frame is a 4-byte big-endian length and a pickle (protocol 5) of one message.
 import pickle
 from typing import NamedTuple
 
-import numpy as np
+from artifacts.runtimes import Tensors
 
 HEADER = 4  # bytes of frame length
 MAX_FRAME = 1 << 31  # a length beyond this is a corrupt stream, not a message
@@ -20,7 +20,16 @@ class Infer(NamedTuple):
 
     uid: int  # unique on its connection
     enqueued_at: float  # time.monotonic() in the HTTP process (one clock per machine)
-    x: np.ndarray  # (instances, *input shape) float32
+    inputs: Tensors  # one array per model input, in the manifest's order
+
+    @property
+    def instances(self) -> int:
+        return len(self.inputs[0])
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Each input's shape past the batch axis: only requests alike batch together."""
+        return tuple(x.shape[1:] for x in self.inputs)
 
 
 class Cancel(NamedTuple):
@@ -38,7 +47,7 @@ class Answer(NamedTuple):
     """Worker -> HTTP process: the outcome of one request; a batch's answers go as a list."""
 
     uid: int
-    output: np.ndarray | None  # (instances, classes) probabilities, or None on failure
+    outputs: Tensors | None  # one array per model output, in the manifest's order; None: failed
     failure: Failure | None = None
 
 

@@ -19,14 +19,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 from litserve.loops.base import LitLoop
 
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
 from .stats import Stats
-from .wire import Answer, Cancel, Failure, FrameReader, Infer, address, frame
+from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -41,12 +40,13 @@ class Batcher(Protocol):
     label: str  # "model 'mlp' version 1", for the logs
     max_batch_size: int
     batch_timeout: float
+    fixed_shapes: bool  # no dynamic axis past the batch one: any requests can be stacked
     request_timeout: float | None
     warmup_costs: list[tuple[int, float]]  # (instances, seconds) of the warm-up batches
 
-    def batch(self, inputs: list[np.ndarray]) -> np.ndarray: ...
-    def predict(self, x: np.ndarray) -> np.ndarray: ...
-    def unbatch(self, output: np.ndarray, sizes: list[int]) -> list[np.ndarray]: ...
+    def batch(self, inputs: list[Tensors]) -> Tensors: ...
+    def predict(self, inputs: Tensors) -> Tensors: ...
+    def unbatch(self, outputs: Tensors, sizes: list[int]) -> list[Tensors]: ...
 
 
 @dataclass(eq=False)
@@ -131,7 +131,7 @@ class Worker:
                 peer.cancelled.add(message.uid)
             else:
                 self.queue.append(Queued(peer, message))
-                self.policy.arrivals.add(message.enqueued_at, len(message.x))
+                self.policy.arrivals.add(message.enqueued_at, message.instances)
 
     def drop(self, peer: Peer) -> None:
         """Its HTTP process has gone: none of its requests can be answered, so none is run."""
@@ -145,7 +145,7 @@ class Worker:
     def queued_instances(self) -> int:
         total, limit = 0, self.api.max_batch_size
         for q in self.queue:
-            total += len(q.request.x)
+            total += q.request.instances
             if total >= limit:
                 break
         return total
@@ -162,13 +162,19 @@ class Worker:
         return self.take()
 
     def take(self) -> list[Queued]:
-        """Requests in arrival order up to max_batch_size instances (at least one request)."""
-        batch, count = [], 0
+        """Requests in arrival order up to max_batch_size instances (at least one request),
+        as long as their inputs' shapes past the batch axis agree (a model with a dynamic
+        axis besides the batch one may get requests that cannot be stacked)."""
+        batch, count, shapes = [], 0, None
         while self.queue:
             q = self.queue[0]
-            size = len(q.request.x)
+            size = q.request.instances
             if batch and count + size > self.api.max_batch_size:
                 break
+            if not self.api.fixed_shapes:
+                shapes = shapes or q.request.shapes
+                if q.request.shapes != shapes:
+                    break
             self.queue.popleft()
             if q.request.uid in q.peer.cancelled:
                 q.peer.cancelled.discard(q.request.uid)
@@ -196,7 +202,7 @@ class Worker:
                 live.append(q)
                 queued.append(started - q.request.enqueued_at)
                 self.queue_seconds.observe(queued[-1])
-        instances = sum(len(q.request.x) for q in live)
+        instances = sum(q.request.instances for q in live)
         if live:
             computing = time.monotonic()
             answers += self.infer(live)
@@ -208,8 +214,9 @@ class Worker:
     def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
         api = self.api
         try:
-            inputs = [q.request.x for q in live]
-            outputs = api.unbatch(api.predict(api.batch(inputs)), [len(x) for x in inputs])
+            inputs = [q.request.inputs for q in live]
+            sizes = [q.request.instances for q in live]
+            outputs = api.unbatch(api.predict(api.batch(inputs)), sizes)
             return [(q, Answer(q.request.uid, out)) for q, out in zip(live, outputs, strict=True)]
         except Exception as e:  # a failing batch fails only its own requests
             logger.exception("inference failed for a batch of %d requests", len(live))

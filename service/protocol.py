@@ -225,39 +225,63 @@ def _shape(tensor: dict, what: str) -> list[int]:
     return shape
 
 
-def _tensor(
-    tensor: dict, t: Tensor, sig: Signature, binary: memoryview, offset: int
-) -> tuple[np.ndarray, int]:
-    """One V2 input tensor -> (array, bytes of binary data it used)."""
-    what = f"input '{t.name}'"
-    if tensor.get("datatype") != t.datatype:
-        raise BadRequest(
-            f"{what} has datatype {tensor.get('datatype')!r}; model '{sig.model}' expects "
-            f"{t.datatype}"
-        )
-    shape = _shape(tensor, what)
-    count = int(np.prod(shape)) if shape else 1
-    size = _parameters(tensor, what).get("binary_data_size")
-    if size is not None:
-        itemsize = t.dtype.itemsize
-        if not isinstance(size, int) or size != count * itemsize:
+class Inputs:
+    """A request's input tensors, collected by name in any order and checked as a set: the
+    one place V2 JSON, V2 binary and gRPC requests are validated."""
+
+    def __init__(self, sig: Signature) -> None:
+        self.sig = sig
+        self.by_name = {t.name: i for i, t in enumerate(sig.inputs)}
+        self.found: dict[int, np.ndarray] = {}
+
+    def expect(self, name: Any, datatype: Any) -> Tensor:
+        """The input named, refusing one the model does not take, takes twice, or in
+        another datatype."""
+        sig = self.sig
+        if not isinstance(name, str) or name not in self.by_name:
+            names = ", ".join(f"'{t.name}'" for t in sig.inputs)
+            raise BadRequest(f"unknown input {name!r}; model '{sig.model}' takes {names}")
+        if self.by_name[name] in self.found:
+            raise BadRequest(f"input '{name}' is given twice")
+        t = sig.inputs[self.by_name[name]]
+        if datatype != t.datatype:
             raise BadRequest(
-                f"{what}: binary_data_size is {size!r}; shape {shape} of {t.datatype} "
-                f"needs {count * itemsize} bytes"
+                f"input '{name}' has datatype {datatype!r}; model '{sig.model}' expects "
+                f"{t.datatype}"
             )
-        if offset + size > len(binary):
+        return t
+
+    def from_bytes(self, t: Tensor, shape: list[int], raw: bytes | memoryview) -> None:
+        """Little-endian values, as many bytes as the shape needs (the caller checked)."""
+        x = np.frombuffer(raw, dtype=t.dtype.newbyteorder("<")).reshape(shape)
+        self._add(t, x.astype(t.dtype))
+
+    def from_values(self, t: Tensor, shape: list[int], values: Any) -> None:
+        """JSON-like values (nested lists, flat or not), row-major."""
+        what = f"input '{t.name}'"
+        x = _numbers(values, f"{what} data", t)
+        count = int(np.prod(shape)) if shape else 1
+        if x.size != count:
+            raise BadRequest(f"{what} has {x.size} values; shape {shape} needs {count}")
+        self._add(t, x.reshape(shape))
+
+    def _add(self, t: Tensor, x: np.ndarray) -> None:
+        self.found[self.by_name[t.name]] = _check_batch(x, t, self.sig, f"input '{t.name}'")
+
+    def done(self) -> Tensors:
+        """Every input, in the signature's order; refuses a missing one or unequal counts."""
+        sig = self.sig
+        missing = [t.describe() for i, t in enumerate(sig.inputs) if i not in self.found]
+        if missing:
             raise BadRequest(
-                f"{what}: the body has {len(binary) - offset} binary bytes left, "
-                f"binary_data_size says {size}"
+                f"missing input {', '.join(missing)}; model '{sig.model}' takes {sig.takes()}"
             )
-        raw = np.frombuffer(binary[offset : offset + size], dtype=t.dtype.newbyteorder("<"))
-        return _check_batch(raw.reshape(shape).astype(t.dtype), t, sig, what), size
-    if "data" not in tensor:
-        raise BadRequest(f'{what} needs "data" (or binary data with "binary_data_size")')
-    x = _numbers(tensor["data"], f"{what} data", t)
-    if x.size != count:
-        raise BadRequest(f"{what} has {x.size} values; shape {shape} needs {count}")
-    return _check_batch(x.reshape(shape), t, sig, what), 0
+        return _same_count(tuple(self.found[i] for i in range(len(sig.inputs))), sig)
+
+
+def nbytes(t: Tensor, shape: list[int]) -> int:
+    """The bytes a tensor of this shape takes in the binary (or gRPC raw) encoding."""
+    return (int(np.prod(shape)) if shape else 1) * t.dtype.itemsize
 
 
 def _inputs(doc: dict, sig: Signature, binary: memoryview) -> Tensors:
@@ -268,29 +292,34 @@ def _inputs(doc: dict, sig: Signature, binary: memoryview) -> Tensors:
         raise BadRequest(
             f"\"inputs\" must be a list of {count}; model '{sig.model}' takes {sig.takes()}"
         )
-    by_name = {t.name: i for i, t in enumerate(sig.inputs)}
-    found: dict[int, np.ndarray] = {}
-    offset = 0
+    inputs, offset = Inputs(sig), 0
     for tensor in given:
         if not isinstance(tensor, dict):
             raise BadRequest('each entry of "inputs" must be an object')
-        name = tensor.get("name")
-        if not isinstance(name, str) or name not in by_name:
-            names = ", ".join(f"'{t.name}'" for t in sig.inputs)
-            raise BadRequest(f"unknown input {name!r}; model '{sig.model}' takes {names}")
-        if by_name[name] in found:
-            raise BadRequest(f"input '{name}' is given twice")
-        x, used = _tensor(tensor, sig.inputs[by_name[name]], sig, binary, offset)
-        found[by_name[name]] = x
-        offset += used
-    missing = [t.describe() for i, t in enumerate(sig.inputs) if i not in found]
-    if missing:
-        raise BadRequest(
-            f"missing input {', '.join(missing)}; model '{sig.model}' takes {sig.takes()}"
-        )
+        t = inputs.expect(tensor.get("name"), tensor.get("datatype"))
+        what = f"input '{t.name}'"
+        shape = _shape(tensor, what)
+        size = _parameters(tensor, what).get("binary_data_size")
+        if size is None:
+            if "data" not in tensor:
+                raise BadRequest(f'{what} needs "data" (or binary data with "binary_data_size")')
+            inputs.from_values(t, shape, tensor["data"])
+            continue
+        if not isinstance(size, int) or size != nbytes(t, shape):
+            raise BadRequest(
+                f"{what}: binary_data_size is {size!r}; shape {shape} of {t.datatype} "
+                f"needs {nbytes(t, shape)} bytes"
+            )
+        if offset + size > len(binary):
+            raise BadRequest(
+                f"{what}: the body has {len(binary) - offset} binary bytes left, "
+                f"binary_data_size says {size}"
+            )
+        inputs.from_bytes(t, shape, binary[offset : offset + size])
+        offset += size
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs unused")
-    return _same_count(tuple(found[i] for i in range(len(sig.inputs))), sig)
+    return inputs.done()
 
 
 def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:

@@ -23,8 +23,11 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path, repository: Path) -> None:
+    def __init__(
+        self, url: str, process: subprocess.Popen, log: Path, repository: Path, grpc: str
+    ) -> None:
         self.url, self.process, self.log, self.repository = url, process, log, repository
+        self.grpc = grpc  # host:port of its gRPC server
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=30, **kw)
@@ -83,11 +86,13 @@ def running_service(repository: Path, log_dir: Path, **settings: object):
     """The real service; `settings` become TENSORGATE_* variables, e.g. batch_timeout=0.5."""
     port = free_port()
     env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env["TENSORGATE_GRPC_PORT"] = str(free_port())  # Triton's 8001 may be another's
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each service makes its own
     env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    grpc = f"127.0.0.1:{env['TENSORGATE_GRPC_PORT']}"
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service"]
     with running(
         command, env, url, "/v2/health/ready", log_dir / f"service-{port}.log", START_TIMEOUT
     ) as process:
-        yield Service(url, process, log_dir / f"service-{port}.log", repository)
+        yield Service(url, process, log_dir / f"service-{port}.log", repository, grpc)

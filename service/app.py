@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import fastapi_offline
@@ -30,6 +31,7 @@ from .errors import (
     to_response,
 )
 from .fastpath import InferenceFastPath
+from .grpc_server import check_port, grpc_server
 from .lifecycle import Lifecycle
 from .metrics import QueueCollector, render
 from .openapi import document
@@ -252,10 +254,15 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
 
     apis = [make_api(m, table.claim(m.name, m.version)) for m in models]
     policies = {name: served[0].policy for name, served in versions.items()}
+    companions = []
+    if settings.grpc_port:
+        check_port(settings.host, settings.grpc_port)
+        companions.append(partial(grpc_server, specs, settings, engine, SERVER))
     server = EngineServer(
         apis,
         engine,
         Lifecycle(settings, table, policies, make_api),
+        companions,
         accelerator=device,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,

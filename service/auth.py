@@ -1,6 +1,8 @@
-"""The optional API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+"""The optional API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`, as HTTP headers
+or as gRPC metadata (lower-case keys either way)."""
 
 import hmac
+from collections.abc import Mapping
 
 from fastapi import Request
 from pydantic import SecretStr
@@ -10,11 +12,15 @@ from .errors import Unauthorized
 
 def check_api_key(request: Request, key: SecretStr | None) -> None:
     """Pass when no key is configured or the request carries it; compared in constant time."""
+    check_key(request.headers, key)
+
+
+def check_key(headers: Mapping[str, str], key: SecretStr | None) -> None:
     if key is None:
         return
-    given = request.headers.get("x-api-key")
+    given = headers.get("x-api-key")
     if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = headers.get("authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else None
     if given is None:
         raise Unauthorized(

@@ -322,24 +322,40 @@ def _inputs(doc: dict, sig: Signature, binary: memoryview) -> Tensors:
     return inputs.done()
 
 
+def output_index(name: Any, sig: Signature) -> int:
+    """The index of the output named, or a 400 naming it."""
+    for i, t in enumerate(sig.outputs):
+        if t.name == name:
+            return i
+    names = ", ".join(f"'{t.name}'" for t in sig.outputs)
+    raise BadRequest(f"unknown output {name!r}; model '{sig.model}' gives {names}")
+
+
+def select_outputs(names: list[str] | None, sig: Signature) -> tuple[int, ...]:
+    """The outputs named, in order; every output when none is."""
+    if not names:
+        return tuple(range(len(sig.outputs)))
+    return tuple(output_index(name, sig) for name in names)
+
+
 def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:
     """The outputs the request asks for (all when it names none), and which in binary."""
     binary = bool(_parameters(doc, "the request").get("binary_data_output"))
     outputs = doc.get("outputs")
-    if outputs is None:
-        return tuple(Requested(i, binary) for i in range(len(sig.outputs)))
+    if not outputs:
+        if outputs is not None and not isinstance(outputs, list):
+            raise BadRequest('"outputs" must be a list of requested outputs')
+        return tuple(Requested(i, binary) for i in select_outputs(None, sig))
     if not isinstance(outputs, list):
         raise BadRequest('"outputs" must be a list of requested outputs')
-    by_name = {t.name: i for i, t in enumerate(sig.outputs)}
     chosen = []
     for out in outputs:
-        name = out.get("name") if isinstance(out, dict) else out
-        if not isinstance(name, str) or not isinstance(out, dict) or name not in by_name:
-            names = ", ".join(f"'{t.name}'" for t in sig.outputs)
-            raise BadRequest(f"unknown output {name!r}; model '{sig.model}' gives {names}")
-        params = _parameters(out, f"output '{name}'")
-        chosen.append(Requested(by_name[name], bool(params.get("binary_data", binary))))
-    return tuple(chosen) or tuple(Requested(i, binary) for i in range(len(sig.outputs)))
+        if not isinstance(out, dict):  # even a string that names an output
+            raise BadRequest(f'each entry of "outputs" must be an object, got {out!r}')
+        index = output_index(out.get("name"), sig)
+        params = _parameters(out, f"output '{sig.outputs[index].name}'")
+        chosen.append(Requested(index, bool(params.get("binary_data", binary))))
+    return tuple(chosen)
 
 
 def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> V2Request:

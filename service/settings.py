@@ -32,6 +32,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
     port: int = Field(8000, ge=1024, le=65535, description="port to listen on")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="port for the Open Inference Protocol over gRPC (Triton's 8001); 0: none",
+    )
     repository: Path = Field(Path("model_repository"), description="the model repository")
     models: str | None = Field(
         None,
@@ -111,6 +117,13 @@ class Settings(BaseSettings):
         if self.api_servers is None:
             self.api_servers = min(MAX_DEFAULT_API_SERVERS, os.cpu_count() or 1)
         return self
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_port(cls, port: int) -> int:
+        if 0 < port < 1024:
+            raise ValueError(f"gRPC port {port}: use 0 (off) or a port from 1024 to 65535")
+        return port
 
     @field_validator("host")
     @classmethod

@@ -8,6 +8,10 @@ bounds the queue, batches and answers) and encodes the outputs as the protocol a
 
 import time
 import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
@@ -17,6 +21,7 @@ from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
 from .auth import check_api_key
 from .engine import Engine, LitSpec, State
+from .engine.client import Receive
 from .errors import (
     BadRequest,
     ClientGone,
@@ -72,6 +77,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding != "identity":
         raise UnsupportedMedia(f"Content-Encoding {encoding!r}: use gzip, deflate or none")
     return bytes(body)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Call:
+    """One inference request being answered: the version it runs on, and its status."""
+
+    model: ServedModel | None
+    code: int = 500
 
 
 def api_path(model: ServedModel) -> str:
@@ -199,8 +215,11 @@ class KServeSpec(LitSpec):
 
     # -- inference ---------------------------------------------------------------------
 
-    async def _run(self, request: Request, model: ServedModel, inputs: Tensors) -> Tensors:
-        outputs = await self.engine.submit(model.key, inputs, request.receive)
+    async def infer(
+        self, model: ServedModel, inputs: Tensors, receive: Receive | None = None
+    ) -> Tensors:
+        """The version's outputs; `receive` (ASGI's) lets a client's disconnect cancel it."""
+        outputs = await self.engine.submit(model.key, inputs, receive)
         for out in outputs:  # non-finite floats: e.g. inputs near the limits of float32
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise BadRequest(
@@ -209,41 +228,56 @@ class KServeSpec(LitSpec):
                 )
         return outputs
 
-    async def _serve(
-        self, request: Request, protocol: str, version: str | None, handle
-    ) -> Response:
-        """Auth, body, `handle(body, model) -> Response`, and the request's metrics. A request
-        for no version in particular whose version is retired before it was admitted (a new
-        version took over) runs on the version serving now."""
+    @asynccontextmanager
+    async def accounted(self, protocol: str) -> AsyncIterator[Call]:
+        """Count one inference request in the metrics and Triton's statistics, whatever its
+        outcome: the caller sets the call's version and, on success, its status."""
         self.refresh()
-        started, code, model = time.perf_counter(), 500, self.model
+        call, started = Call(self.model), time.perf_counter()
         try:
-            check_api_key(request, self.settings.api_key)
-            model = self.served(version)
-            body = await read_body(request, self.settings.max_body_bytes)
-            try:
-                response = await handle(body, model)
-            except Retired:
-                if version is not None:
-                    raise
-                model = self.served(None)
-                response = await handle(body, model)
-            code = response.status_code
-            return response
+            yield call
         except HTTPException as e:
-            code = e.status_code
+            call.code = e.status_code
             if not isinstance(e, ClientGone):  # the worker counts those it did not compute
                 reason = e.reason if isinstance(e, ServiceError) else "inference_error"
                 REJECTIONS.labels(self.name, reason).inc()
             raise
         finally:
+            model = call.model
             label = model.version if model is not None else 0  # 0: no version serving
-            answered, latency = self._metrics(protocol, code, label)
+            answered, latency = self._metrics(protocol, call.code, label)
             took = time.perf_counter() - started
             answered.inc()
             latency.observe(took)
             if model is not None:
-                self.engine.record(model.key, "success" if code == 200 else "fail", took)
+                self.engine.record(model.key, "success" if call.code == 200 else "fail", took)
+
+    async def on_version(
+        self, call: Call, version: str | None, handle: Callable[[ServedModel], Awaitable[T]]
+    ) -> T:
+        """`handle(model)` on the version named (None: the highest serving). A request for no
+        version in particular whose version was retired before it was admitted (a new
+        version took over) runs again on the version serving now."""
+        call.model = self.served(version)
+        try:
+            return await handle(call.model)
+        except Retired:
+            if version is not None:
+                raise
+            call.model = self.served(None)
+            return await handle(call.model)
+
+    async def _serve(
+        self, request: Request, protocol: str, version: str | None, handle
+    ) -> Response:
+        """Auth, body, `handle(body, model) -> Response`, and the request's metrics."""
+        async with self.accounted(protocol) as call:
+            check_api_key(request, self.settings.api_key)
+            self.served(version)  # a 404 before the body is read
+            body = await read_body(request, self.settings.max_body_bytes)
+            response = await self.on_version(call, version, lambda model: handle(body, model))
+            call.code = response.status_code
+            return response
 
     def _metrics(self, protocol: str, code: int, version: int) -> tuple:
         """(requests counter, latency histogram) children for this protocol, status, version."""
@@ -259,7 +293,7 @@ class KServeSpec(LitSpec):
     async def v1_predict(self, request: Request) -> Response:
         async def handle(body: bytes, model: ServedModel) -> Response:
             sig = self.signatures[model.version]
-            outputs = await self._run(request, model, parse_v1(body, sig))
+            outputs = await self.infer(model, parse_v1(body, sig), request.receive)
             return Response(encode_v1(outputs, sig), media_type="application/json")
 
         return await self._serve(request, "v1", None, handle)
@@ -268,7 +302,7 @@ class KServeSpec(LitSpec):
         async def handle(body: bytes, model: ServedModel) -> Response:
             sig = self.signatures[model.version]
             parsed = parse_v2(body, request.headers.get(BINARY_HEADER), sig)
-            outputs = await self._run(request, model, parsed.inputs)
+            outputs = await self.infer(model, parsed.inputs, request.receive)
             content, headers = encode_v2(outputs, sig, parsed)
             media = "application/octet-stream" if headers else "application/json"
             return Response(content, media_type=media, headers=headers)
@@ -303,14 +337,14 @@ class KServeSpec(LitSpec):
         check_api_key(request, self.settings.api_key)
         if version is None:
             return {"model_stats": self.stats()}
-        return {"model_stats": self._stats(self.served(version))}
+        return {"model_stats": self.version_stats(self.served(version))}
 
     def stats(self) -> list[dict]:
         """Every served version's entry of Triton's statistics."""
         self.refresh()
-        return [entry for model in self.versions.values() for entry in self._stats(model)]
+        return [entry for model in self.versions.values() for entry in self.version_stats(model)]
 
-    def _stats(self, model: ServedModel) -> list[dict]:
+    def version_stats(self, model: ServedModel) -> list[dict]:
         """The version's entry; none if it was retired a moment ago."""
         slot = self.engine.slot(model.key)
         if slot is None:

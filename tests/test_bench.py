@@ -83,3 +83,17 @@ def test_the_codec_benchmark_measures_both_libraries(tmp_path):
     rows = [line.split(" | ") for line in lines if line[:3] in ("| 1", "| 6")]
     assert [row[0] for row in rows] == ["| 1", "| 64", "| 1024"]
     assert all(float(row[3].rstrip("x")) > 0 and float(row[6].rstrip("x")) > 0 for row in rows)
+
+
+def test_the_grpc_benchmark_drives_both_protocols_with_one_driver(exported, tmp_path):
+    out = tmp_path / "grpc.md"
+    command = [sys.executable, "-m", "benchmarks.grpc_vs_http", "--models", "mlp",
+               "--concurrency", "1", "4", "--duration", "0.5", "--rounds", "1",
+               "--repository", str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["protocol"], r["clients"]) for r in rows} == {
+        ("grpc", 1), ("grpc", 4), ("v2-binary", 1), ("v2-binary", 4)}  # fmt: skip
+    assert all(r["requests_per_s"] > 10 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows)
+    assert "| mlp | 4 |" in out.read_text()

@@ -27,6 +27,7 @@ K8S_VERSION = "1.37.0"
 CRDS = {"ServiceMonitor", "InferenceService"}  # no schemas in kubernetes-validate
 SETTINGS_ENV = {f"TENSORGATE_{name.upper()}" for name in Settings.model_fields}
 PORT = Settings.model_fields["port"].default
+GRPC_PORT = Settings.model_fields["grpc_port"].default
 
 
 # -- the Dockerfile ----------------------------------------------------------------------
@@ -91,7 +92,9 @@ def test_every_copy_source_exists_and_the_build_context_admits_it():
 def test_the_image_is_non_root_exposes_the_port_and_uses_exec_form():
     ops = dict(runtime_stage())
     assert ops["USER"] not in ("root", "0")
-    assert ops["EXPOSE"] == str(PORT) == runtime_env()["TENSORGATE_PORT"]
+    assert ops["EXPOSE"] == f"{PORT} {GRPC_PORT}"
+    assert runtime_env()["TENSORGATE_PORT"] == str(PORT)
+    assert runtime_env()["TENSORGATE_GRPC_PORT"] == str(GRPC_PORT)
     assert runtime_env()["TENSORGATE_HOST"] == "0.0.0.0"
     assert exec_form("CMD") == ["python", "-m", "service"]
     assert "/v2/health/ready" in " ".join(exec_form("HEALTHCHECK"))
@@ -106,6 +109,7 @@ def image_env_here(exported: Path, tmp_path: Path) -> dict[str, str]:
     env.update(
         TENSORGATE_HOST="127.0.0.1",
         TENSORGATE_PORT=str(free_port()),
+        TENSORGATE_GRPC_PORT=str(free_port()),
         HOME=str(tmp_path),
         TENSORGATE_REPOSITORY=str(exported),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
@@ -153,7 +157,10 @@ def test_the_compose_file_parses_and_names_only_files_that_exist():
     assert set(compose["services"]) == {"tensorgate", "prometheus", "grafana"}
     build = compose["services"]["tensorgate"]["build"]
     assert (DEPLOY / build["context"] / build.get("dockerfile", "Dockerfile")).is_file()
-    assert compose["services"]["tensorgate"]["ports"] == [f"{PORT}:{PORT}"]
+    assert compose["services"]["tensorgate"]["ports"] == [
+        f"{PORT}:{PORT}",
+        f"{GRPC_PORT}:{GRPC_PORT}",
+    ]
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -251,7 +258,7 @@ def test_probes_and_ports_answer_on_the_running_service(service):
     probed = set()
     for container in containers():
         ports = {p.get("name", p["containerPort"]): p["containerPort"] for p in container["ports"]}
-        assert set(ports.values()) == {PORT}
+        assert set(ports.values()) in ({PORT}, {PORT, GRPC_PORT})  # KServe's: HTTP only
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe in container:
                 get = container[probe]["httpGet"]

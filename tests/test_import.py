@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from torch import nn
 
@@ -164,6 +165,22 @@ def test_tritonclient_gets_the_same_values_in_binary_and_json(service, files, mo
         np.testing.assert_allclose(result.as_numpy("scaled"), want_scaled, atol=1e-5, rtol=0)
         assert result.as_numpy("count").dtype == np.int64
         assert np.array_equal(result.as_numpy("count"), want_count)
+
+
+def test_grpc_carries_several_inputs_and_outputs_in_their_datatypes(service, files):
+    want_scaled, want_count = onnx_direct(files["onnx"], IDS, X)
+    client = grpcclient.InferenceServerClient(service.grpc)
+    inputs = [grpcclient.InferInput("ids", list(IDS.shape), "INT64"),
+              grpcclient.InferInput("x", list(X.shape), "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(IDS)
+    inputs[1].set_data_from_numpy(X)
+    for model in ("two", "twots"):
+        result = client.infer(model, inputs)
+        np.testing.assert_allclose(result.as_numpy("scaled"), want_scaled, atol=1e-5, rtol=0)
+        assert result.as_numpy("count").dtype == np.int64
+        assert np.array_equal(result.as_numpy("count"), want_count)
+    only = client.infer("two", inputs, outputs=[grpcclient.InferRequestedOutput("count")])
+    assert [o.name for o in only.get_response().outputs] == ["count"]
 
 
 def test_a_model_without_a_batch_axis_serves_concurrent_requests_one_instance_each(service, files):

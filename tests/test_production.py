@@ -18,7 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from helpers import Clients, artifact, direct, rows, served, v2_json
+from tritonclient.utils import InferenceServerException
 
 from load_tests.payloads import request_body
 from load_tests.servers import START_TIMEOUT, free_port, running_service
@@ -32,6 +34,7 @@ def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.P
     go to a `tmp` folder beside the log."""
     port = free_port()
     env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env["TENSORGATE_GRPC_PORT"] = str(free_port())
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     (log.parent / "tmp").mkdir(exist_ok=True)
     env["TMPDIR"] = str(log.parent / "tmp")
@@ -89,6 +92,55 @@ def test_sigterm_under_load_answers_every_request_sent_and_exits_0(exported, tmp
         assert outcomes[200] > 100, outcomes
         assert re.search(r"drained: answered \d+ requests in [\d.]+ s", text), text
         assert not list((tmp_path / "tmp").glob("tensorgate-metrics-*"))  # removed at exit
+
+
+def test_sigterm_under_grpc_load_answers_every_call_sent_and_exits_0(exported, tmp_path):
+    """8 tritonclient.grpc clients call mlp back to back through a SIGTERM, backing off a
+    second after a refusal: each call is answered, refused before it was admitted
+    (UNAVAILABLE, "shutting down"), or could not connect once the server had gone; none is
+    cut off."""
+    grpc_port = free_port()
+    settings = {"models": "mlp", "drain_timeout": DRAIN_TIMEOUT, "grpc_port": grpc_port}
+    process, _ = serve(exported, tmp_path / "service.log", **settings)
+    outcomes: Counter = Counter()
+    stop_calls = threading.Event()
+    x = rows("mlp", 2)
+
+    def calls() -> None:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        while not stop_calls.is_set():
+            try:
+                client.infer("mlp", [tensor], client_timeout=30)
+                outcomes["ok"] += 1
+            except InferenceServerException as e:
+                message = e.message() or ""
+                if "shutting down" in message:
+                    outcomes["refused"] += 1
+                    time.sleep(1.0)  # back off, as gRPC clients do on UNAVAILABLE
+                elif "failed to connect" in message.lower():
+                    outcomes["gone"] += 1  # nothing was sent
+                    time.sleep(0.05)
+                else:
+                    outcomes[f"{e.status()}: {message}"] += 1
+
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=DRAIN_TIMEOUT + 15)
+        time.sleep(0.3)
+    finally:
+        stop_calls.set()
+        for t in threads:
+            t.join(timeout=30)
+        stop(process)
+    assert code == 0, (tmp_path / "service.log").read_text()
+    assert set(outcomes) <= {"ok", "refused", "gone"}, outcomes
+    assert outcomes["ok"] > 100, outcomes
 
 
 def test_requests_running_at_sigterm_are_answered_and_late_ones_get_503_and_close(
@@ -189,7 +241,7 @@ def test_a_model_that_cannot_load_stops_the_server_naming_it(exported, tmp_path)
     manifest["files"]["onnx"].update(sha256=hashlib.sha256(broken).hexdigest(), bytes=len(broken))
     (version / "manifest.json").write_text(json.dumps(manifest))
     env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository)}
-    env.update(TENSORGATE_PORT=str(free_port()))
+    env.update(TENSORGATE_PORT=str(free_port()), TENSORGATE_GRPC_PORT=str(free_port()))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     started = time.monotonic()
     result = subprocess.run(

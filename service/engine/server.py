@@ -21,6 +21,7 @@ replaces, through LitServer's private hooks (hence the exact version check below
 """
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -28,6 +29,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,6 +98,9 @@ class SetupStatus:
         return self.STATES[self.codes[self._cell(key)]]
 
 
+Companion = Callable[[], AbstractAsyncContextManager]
+
+
 class Controller(Protocol):
     """What decides which versions to load and retire (the service's lifecycle); the
     supervisor calls it every round, and it acts through the server's methods below."""
@@ -132,10 +138,12 @@ class EngineServer(ls.LitServer):
         lit_apis: list[ls.LitAPI],
         engine: Engine,
         controller: Controller | None = None,
+        companions: tuple[Companion, ...] = (),
         **kwargs,
     ) -> None:
         """`lit_apis`: one per version served from the start, each with its table slot
-        (`api.slot`) claimed."""
+        (`api.slot`) claimed. `companions`: what else each HTTP process runs for its
+        lifetime, on its event loop (the gRPC server)."""
         super().__init__(lit_apis, **kwargs)
         # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
         # KServe's and Triton's routes instead, so a client meets one convention
@@ -143,6 +151,7 @@ class EngineServer(ls.LitServer):
         self.app.router.routes = [r for r in self.app.routes if getattr(r, "path", None) not in own]
         self.engine = engine
         self.controller = controller
+        self.companions = list(companions)
         first = self.litapi_connector.lit_apis[0]
         engine.workers = len(self._inference_workers_config_for_api(first.api_path))
         if engine.workers > MAX_WORKERS:
@@ -229,6 +238,15 @@ class EngineServer(ls.LitServer):
             f"{api.label} could not be loaded: its inference worker {how} "
             f"(exit code {process.exitcode}); its traceback is in the log above"
         )
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        """LitServe's, with the companions running inside it (uvicorn runs this in each
+        HTTP process; on a drain they stop after its HTTP requests are answered)."""
+        async with super().lifespan(app), contextlib.AsyncExitStack() as stack:
+            for companion in self.companions:
+                await stack.enter_async_context(companion())
+            yield
 
     def _start_server(self, port, num_servers, log_level, sockets, *args, **kwargs):
         workers = super()._start_server(port, num_servers, log_level, sockets, *args, **kwargs)

@@ -47,10 +47,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TENSORGATE_HOST=0.0.0.0 \
     TENSORGATE_PORT=8000 \
+    TENSORGATE_GRPC_PORT=8001 \
     TENSORGATE_REPOSITORY=/models \
     PROMETHEUS_MULTIPROC_DIR=/tmp/tensorgate-metrics
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # Python's own urllib: the image needs no curl. Ready = every model loaded, verified, warm.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['TENSORGATE_PORT'] + '/v2/health/ready', timeout=2)"]

@@ -2,7 +2,8 @@
 
 Runs against --url, or starts the service on a free loopback port itself (from
 --repository) and stops it afterwards. Options it does not know go to locust as they are
-(--tags, --model-weights, --protocol-weights, --instances, --api-key, --slo-*, ...).
+(--tags, --model-weights, --protocol-weights, --instances, --api-key, --grpc-target,
+--slo-*, ...).
 """
 
 import argparse
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             str(out / "locust"),
             "--html",
             str(out / "report.html"),
+            *([] if args.url else ["--grpc-target", service.grpc]),
             *locust_args,
         ]
         print(f"load test: {args.users} users for {args.duration} against {url}", flush=True)

@@ -1,4 +1,5 @@
-"""locust users for every model and protocol (V1 JSON, V2 JSON, V2 binary), with SLO gates.
+"""locust users for every model and protocol (V1 JSON, V2 JSON, V2 binary, gRPC), with SLO
+gates.
 
     locust -f load_tests/locustfile.py --headless -u 16 -r 8 -t 30s --host http://127.0.0.1:8000
     python -m load_tests ...      # the same, with reports and the service started for you
@@ -14,14 +15,30 @@ non-zero, naming it.
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import gevent
+import grpc
+import grpc.experimental.gevent
 import numpy as np
 from locust import FastHttpUser, events, tag
+from tritonclient.grpc import service_pb2_grpc
 
-from load_tests.payloads import PROTOCOLS, Case, Served, build_case, check, served_models, weights
+from load_tests.payloads import (
+    PROTOCOLS,
+    Case,
+    Served,
+    build_case,
+    check,
+    check_grpc,
+    served_models,
+    weights,
+)
+
+grpc.experimental.gevent.init_gevent()  # gRPC's I/O on gevent's loop, as locust's users run
 
 # SLO defaults, from a 10 s run on the project's 2-core machine, 16 users and the service on
 # the same cores: p95 68-76 ms and p99 73-170 ms per endpoint (p95 72, p99 110 overall), at
@@ -46,8 +63,13 @@ def _options(parser) -> None:
     )
     parser.add_argument(
         "--protocol-weights",
-        default="v1=1,v2=1,v2-binary=1",
-        help="relative weight of each protocol: v1, v2, v2-binary",
+        default="v1=1,v2=1,v2-binary=1,grpc=1",
+        help="relative weight of each protocol: v1, v2, v2-binary, grpc",
+    )
+    parser.add_argument(
+        "--grpc-target",
+        default="",
+        help="the service's gRPC HOST:PORT (default: --host's host, port 8001)",
     )
     parser.add_argument("--instances", type=int, default=1, help="instances per request")
     parser.add_argument("--api-key", default="", help="sent as Authorization: Bearer")
@@ -67,13 +89,20 @@ class TensorgateUser(FastHttpUser):
     tasks: ClassVar[list] = []  # filled by _make_tasks
 
     def on_start(self) -> None:
-        key = self.environment.parsed_options.api_key
+        options = self.environment.parsed_options
+        key = options.api_key
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        target = options.grpc_target or f"{urlsplit(self.host).hostname}:8001"
+        self.grpc = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target))
         self.turn = 0
 
     def infer(self, case: Case) -> None:
         body, headers = case.bodies[self.turn % len(case.bodies)]
         self.turn += 1
+        if case.protocol == "grpc":
+            self.infer_grpc(case, body)
+            return
         with self.client.post(
             case.path,
             data=body,
@@ -89,6 +118,26 @@ class TensorgateUser(FastHttpUser):
                 response.failure(problem)
             else:
                 response.success()
+
+    def infer_grpc(self, case: Case, request) -> None:
+        """One ModelInfer call, reported to locust as HTTP requests are."""
+        started, problem, size = time.perf_counter(), None, 0
+        try:
+            response = self.grpc.ModelInfer(request, metadata=self.metadata, timeout=30)
+            size = response.ByteSize()
+            problem = check_grpc(case, response)
+        except grpc.RpcError as e:
+            problem = f"gRPC {e.code().name}: {e.details()}"
+        except (ValueError, KeyError, TypeError) as e:
+            problem = f"unreadable answer: {e!r}"
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=case.name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=size,
+            exception=RuntimeError(problem) if problem else None,
+            context={},
+        )
 
 
 @events.init.add_listener

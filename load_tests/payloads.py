@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tritonclient.grpc import service_pb2
 
 from artifacts.manifest import EXAMPLES_NAME, Manifest, read_manifest, versions
 from service.protocol import BINARY_HEADER
 
-PROTOCOLS = ("v1", "v2", "v2-binary")
+PROTOCOLS = ("v1", "v2", "v2-binary", "grpc")
 PAYLOADS = 64  # distinct request bodies per model and protocol
 
 
@@ -23,8 +24,8 @@ class Case:
 
     model: str
     protocol: str
-    path: str
-    bodies: list[tuple[bytes, dict]]
+    path: str  # the HTTP path; "" for gRPC
+    bodies: list[tuple[bytes, dict]]  # gRPC: (ModelInferRequest, {})
     instances: int
     labels: tuple[str, ...]
 
@@ -83,17 +84,29 @@ def request_body(
     return header + raw, {BINARY_HEADER: str(len(header))}
 
 
+def grpc_request(
+    rows: np.ndarray, request_id: str, manifest: Manifest
+) -> service_pb2.ModelInferRequest:
+    """ModelInfer's request as tritonclient.grpc sends it: the input in raw_input_contents."""
+    request = service_pb2.ModelInferRequest(model_name=manifest.name, id=request_id)
+    request.inputs.add(name=manifest.inputs[0].name, datatype="FP32", shape=list(rows.shape))
+    request.raw_input_contents.append(rows.astype("<f4").tobytes())
+    return request
+
+
 def build_case(
     model: str, protocol: str, instances: int, rng: np.random.Generator, served: Served
 ) -> Case:
     held_out, manifest = served.examples, served.manifest
-    bodies = [
-        request_body(
-            protocol, held_out[rng.integers(0, len(held_out), instances)], str(i), manifest
-        )
-        for i in range(PAYLOADS)
-    ]
+    bodies = []
+    for i in range(PAYLOADS):
+        rows = held_out[rng.integers(0, len(held_out), instances)]
+        if protocol == "grpc":
+            bodies.append((grpc_request(rows, str(i), manifest), {}))
+        else:
+            bodies.append(request_body(protocol, rows, str(i), manifest))
     path = f"/v1/models/{model}:predict" if protocol == "v1" else f"/v2/models/{model}/infer"
+    path = "" if protocol == "grpc" else path
     return Case(model, protocol, path, bodies, instances, tuple(manifest.labels))
 
 
@@ -130,4 +143,12 @@ def check(case: Case, response) -> str | None:
         if size != len(body) - length:
             return f"binary_data_size {size} for {len(body) - length} bytes of binary data"
         p = np.frombuffer(body[length:], dtype="<f4").reshape(output["shape"])
+    return _probabilities_ok(p, case)
+
+
+def check_grpc(case: Case, response: service_pb2.ModelInferResponse) -> str | None:
+    """What is wrong with a gRPC answer, or None when it is a right one."""
+    (output,) = response.outputs
+    (raw,) = response.raw_output_contents
+    p = np.frombuffer(raw, dtype="<f4").reshape(list(output.shape))
     return _probabilities_ok(p, case)

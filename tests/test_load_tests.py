@@ -46,6 +46,8 @@ def run_load_test(service, tmp_path, *args: str) -> tuple[subprocess.CompletedPr
         "4",
         "--spawn-rate",
         "4",
+        "--grpc-target",
+        service.grpc,
         *args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -61,7 +63,7 @@ def test_a_short_run_passes_its_slos_with_no_failures(default_service, tmp_path)
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 50 and int(total["Failure Count"]) == 0
     for model in ("mlp", "resnet", "transformer"):  # every model and protocol was exercised
-        for protocol in ("v1", "v2", "v2-binary"):
+        for protocol in ("v1", "v2", "v2-binary", "grpc"):
             assert int(rows[f"{model} {protocol}"]["Request Count"]) > 0
     assert list(tmp_path.glob("loadtest-*/report.html"))
 
@@ -72,7 +74,7 @@ def test_an_impossible_slo_fails_the_run_and_names_it(default_service, tmp_path)
     )
     assert done.returncode == 1
     assert "SLO violated" in done.stderr and "p99" in done.stderr and "> SLO 0.01 ms" in done.stderr
-    assert set(rows) == {"resnet v1", "resnet v2", "resnet v2-binary", "Aggregated"}  # the tag
+    assert set(rows) == {"resnet v1", "resnet v2", "resnet v2-binary", "resnet grpc", "Aggregated"}
 
 
 CASE = Case("mlp", "v1", "/v1/models/mlp:predict", [], instances=2, labels=("malignant", "benign"))

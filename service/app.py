@@ -1,7 +1,5 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
-import asyncio
-import time
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from starlette.routing import Match
 
 from artifacts.runtimes import resolve_device
 
+from . import control
 from .api import ModelAPI
 from .auth import check_api_key
 from .engine import Action, Engine, EngineServer, VersionTable
@@ -26,7 +25,6 @@ from .errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
-    Unavailable,
     error_response,
     to_response,
 )
@@ -39,13 +37,10 @@ from .repository import ServedModel
 from .schemas import Error, IndexEntry, TritonStatistics
 from .settings import Settings
 from .spec import KServeSpec, VersionSpec, api_path
-from .triton import index_entries, unserved_entries
 
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
-LOAD_WAIT = 600  # seconds a load call waits for the main process to load the model
-READY_WAIT = 5  # seconds more for this HTTP process to reach the new workers
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -91,7 +86,6 @@ def add_server_routes(
     app: FastAPI, specs: list[KServeSpec], settings: Settings, engine: Engine
 ) -> None:
     served = sorted(spec.name for spec in specs)
-    by_name = {spec.name: spec for spec in specs}
 
     def in_flight(name: str) -> int:  # every version's that has workers
         return sum(engine.in_flight(s.key) for s in engine.table.slots() if s.model == name)
@@ -143,34 +137,11 @@ def add_server_routes(
             ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
         except (orjson.JSONDecodeError, AttributeError):
             raise BadRequest('the body must be empty or {"ready": true|false}') from None
-        entries = [entry for spec in specs for entry in await index_entries(spec, settings)]
-        entries += unserved_entries(settings.repository, set(served))
-        entries.sort(key=lambda e: (e["name"], int(e["version"])))
-        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+        return await control.index(specs, settings, ready_only)
 
-    async def control(request: Request, model: str, action: Action) -> dict:
-        """Triton's explicit model control, carried out by the main process (lifecycle.py):
-        a load returns once the model's new versions serve, or says why one could not."""
+    async def model_control(request: Request, model: str, action: Action) -> dict:
         check_api_key(request, settings.api_key)
-        verb = action.name.lower()
-        if settings.model_control != "explicit":
-            raise BadRequest(
-                f"cannot {verb} '{model}': the model control mode is "
-                f"{settings.model_control} (TENSORGATE_MODEL_CONTROL=explicit allows it)"
-            )
-        if model not in by_name:
-            raise BadRequest(
-                f"cannot {verb} '{model}': only the models served since start can be "
-                f"loaded and unloaded ({', '.join(served)}); restart to serve a new model"
-            )
-        request_id = engine.table.ask(model, action)
-        outcome = await engine.table.outcome(model, request_id, LOAD_WAIT)
-        if outcome is None:
-            raise Unavailable(f"model '{model}': no answer to the {verb} within {LOAD_WAIT:g} s")
-        if not outcome.ok:
-            raise BadRequest(f"failed to load '{model}': {outcome.reason}")
-        if action == Action.LOAD:
-            await _until_ready(by_name[model])
+        await control.load_or_unload(specs, settings, engine, model, action)
         return {}
 
     refusal = {
@@ -179,11 +150,11 @@ def add_server_routes(
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses=refusal)
     async def load(request: Request, model: str) -> dict:
-        return await control(request, model, Action.LOAD)
+        return await model_control(request, model, Action.LOAD)
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses=refusal)
     async def unload(request: Request, model: str) -> dict:
-        return await control(request, model, Action.UNLOAD)
+        return await model_control(request, model, Action.UNLOAD)
 
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
@@ -208,15 +179,6 @@ def add_server_routes(
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     for path in ("/v1/models/{model}", "/v2/models/{model}", "/v2/models/{model}/{rest:path}"):
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
-
-
-async def _until_ready(spec: KServeSpec) -> None:
-    """Until this HTTP process reaches the workers of the versions now serving."""
-    deadline = time.monotonic() + READY_WAIT
-    while not await spec.ready():
-        if time.monotonic() > deadline:
-            raise Unavailable(f"model '{spec.name}' loaded but not reachable in {READY_WAIT} s")
-        await asyncio.sleep(0.05)
 
 
 def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:

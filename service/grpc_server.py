@@ -27,8 +27,9 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from artifacts.manifest import ARTIFACTS
 from artifacts.runtimes import Tensors
 
+from . import control
 from .auth import check_key
-from .engine import Engine
+from .engine import Action, Engine
 from .errors import BadRequest, NotFound, ServiceError
 from .protocol import Inputs, Signature, nbytes, select_outputs
 from .repository import ServedModel
@@ -164,6 +165,29 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(
             {"model_stats": entries}, service_pb2.ModelStatisticsResponse()
         )
+
+    # -- the repository extension --------------------------------------------------------
+
+    @answers
+    async def RepositoryIndex(self, request, context):
+        self._authorised(context)
+        entries = await control.index(list(self.specs.values()), self.settings, request.ready)
+        return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
+
+    @answers
+    async def RepositoryModelLoad(self, request, context):
+        await self._control(request.model_name, Action.LOAD, context)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @answers
+    async def RepositoryModelUnload(self, request, context):
+        await self._control(request.model_name, Action.UNLOAD, context)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    async def _control(self, model: str, action: Action, context) -> None:
+        self._authorised(context)
+        specs = list(self.specs.values())
+        await control.load_or_unload(specs, self.settings, self.engine, model, action)
 
     # -- inference -----------------------------------------------------------------------
 

@@ -128,3 +128,24 @@ def test_the_api_key_guards_inference_and_metadata_not_health(exported, tmp_path
             client.get_model_metadata("mlp", headers={"authorization": "Bearer wrong"})
         assert client.infer("mlp", [x], headers={"authorization": "Bearer s3cret"}) is not None
         assert client.get_model_metadata("mlp", headers={"x-api-key": "s3cret"}).name == "mlp"
+
+
+def test_the_repository_extension_and_statistics_over_grpc(exported, tmp_path):
+    with running_service(exported, tmp_path, models="mlp,resnet", model_control="explicit") as s:
+        client = grpcclient.InferenceServerClient(s.grpc)
+        index = client.get_model_repository_index()
+        assert {(m.name, m.version, m.state) for m in index.models} >= {
+            ("mlp", "1", "READY"), ("resnet", "1", "READY")}  # fmt: skip
+        client.unload_model("resnet")
+        x = rows("resnet", 1)
+        with pytest.raises(InferenceServerException) as refused:
+            for _ in range(100):  # until the unload has reached this process
+                client.infer("resnet", [infer_input("input", x)])
+        assert refused.value.status() == str(grpc.StatusCode.UNAVAILABLE)
+        assert "unloaded" in refused.value.message()
+        client.load_model("resnet")  # returns once it serves again
+        assert client.infer("resnet", [infer_input("input", x)]) is not None
+        client.infer("mlp", [infer_input("input", rows("mlp", 1))])
+        (entry,) = client.get_inference_statistics("mlp").model_stats
+        assert (entry.name, entry.version) == ("mlp", "1")
+        assert entry.inference_stats.success.count >= 1

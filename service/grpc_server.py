@@ -30,7 +30,7 @@ from artifacts.runtimes import Tensors
 from . import control
 from .auth import check_key
 from .engine import Action, Engine
-from .errors import BadRequest, NotFound, ServiceError
+from .errors import BadRequest, NotFound, ServiceError, Unavailable
 from .protocol import Inputs, Signature, nbytes, select_outputs
 from .repository import ServedModel
 from .settings import Settings
@@ -73,6 +73,11 @@ def answers(handler: Handler) -> Handler:
             return await handler(self, request, context)
         except ServiceError as e:
             await context.abort(STATUS.get(e.status_code, grpc.StatusCode.UNKNOWN), e.detail)
+        except Exception:  # as HTTP's 500: logged here, no internals in the answer
+            logger.exception("unhandled error in gRPC %s", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal server error; the server logged the details"
+            )
 
     return call
 
@@ -108,7 +113,10 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @answers
     async def ModelReady(self, request, context):
         spec = self._spec(request.name)
-        model = spec.served(request.version or None)
+        try:
+            model = spec.served(request.version or None)
+        except Unavailable:  # no version serving (unloaded): not ready, as Triton says it
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=await spec.ready(model.version))
 
     @answers

@@ -143,6 +143,7 @@ def test_the_repository_extension_and_statistics_over_grpc(exported, tmp_path):
                 client.infer("resnet", [infer_input("input", x)])
         assert refused.value.status() == str(grpc.StatusCode.UNAVAILABLE)
         assert "unloaded" in refused.value.message()
+        assert not client.is_model_ready("resnet") and client.is_server_ready()
         client.load_model("resnet")  # returns once it serves again
         assert client.infer("resnet", [infer_input("input", x)]) is not None
         client.infer("mlp", [infer_input("input", rows("mlp", 1))])

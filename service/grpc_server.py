@@ -210,7 +210,8 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 outputs = await spec.infer(model, parse(request, sig))
                 return encode(outputs, sig, request)
 
-            response = await spec.on_version(call, request.model_version or None, run)
+            version = request.model_version or None
+            response = await spec.on_version(call, version, spec.served(version), run)
             call.code = 200
             return response
 

@@ -253,12 +253,16 @@ class KServeSpec(LitSpec):
                 self.engine.record(model.key, "success" if call.code == 200 else "fail", took)
 
     async def on_version(
-        self, call: Call, version: str | None, handle: Callable[[ServedModel], Awaitable[T]]
+        self,
+        call: Call,
+        version: str | None,
+        model: ServedModel,
+        handle: Callable[[ServedModel], Awaitable[T]],
     ) -> T:
-        """`handle(model)` on the version named (None: the highest serving). A request for no
-        version in particular whose version was retired before it was admitted (a new
-        version took over) runs again on the version serving now."""
-        call.model = self.served(version)
+        """`handle(model)`, `model` being the version the request names (`version`; None: the
+        highest serving). A request for no version in particular whose version was retired
+        before it was admitted (a new version took over) runs again on the one serving now."""
+        call.model = model
         try:
             return await handle(call.model)
         except Retired:
@@ -273,9 +277,9 @@ class KServeSpec(LitSpec):
         """Auth, body, `handle(body, model) -> Response`, and the request's metrics."""
         async with self.accounted(protocol) as call:
             check_api_key(request, self.settings.api_key)
-            self.served(version)  # a 404 before the body is read
+            model = self.served(version)  # a 404 before the body is read
             body = await read_body(request, self.settings.max_body_bytes)
-            response = await self.on_version(call, version, lambda model: handle(body, model))
+            response = await self.on_version(call, version, model, lambda m: handle(body, m))
             call.code = response.status_code
             return response
 

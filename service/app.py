@@ -216,6 +216,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
 
     apis = [make_api(m, table.claim(m.name, m.version)) for m in models]
     policies = {name: served[0].policy for name, served in versions.items()}
+    targets = {name: tuple(m.version for m in served) for name, served in versions.items()}
     companions = []
     if settings.grpc_port:
         check_port(settings.host, settings.grpc_port)
@@ -223,7 +224,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     server = EngineServer(
         apis,
         engine,
-        Lifecycle(settings, table, policies, make_api),
+        Lifecycle(settings, table, policies, make_api, targets),
         companions,
         accelerator=device,
         workers_per_device=settings.workers_per_device,

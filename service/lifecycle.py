@@ -58,6 +58,9 @@ class Lifecycle:
     table: VersionTable
     policies: dict[str, VersionPolicy]  # every model served since start
     make_api: MakeAPI
+    # the versions each model is to serve: those served at start, until a sync reads the
+    # repository again (poll mode, or a load); never the repository read behind its back
+    targets: dict[str, tuple[int, ...]]
     loading: dict[int, ServedModel] = field(default_factory=dict)  # slot -> version
     failed: dict[tuple[str, int], int] = field(default_factory=dict)  # -> stamp at failure
     asks: dict[str, Ask] = field(default_factory=dict)  # model -> its load being answered
@@ -102,8 +105,9 @@ class Lifecycle:
     def sync(self, server: EngineServer, model: str) -> None:
         """Start loading every version the policy picks that has no workers yet."""
         while True:
+            self.targets[model] = self.wanted(model)
             placed = self.placed(model, State.LOADING, State.SERVING)
-            new = [v for v in self.wanted(model) if v not in placed]
+            new = [v for v in self.targets[model] if v not in placed]
             if not new:
                 return
             for version in new:
@@ -138,13 +142,12 @@ class Lifecycle:
                 logger.info("model '%s' version %d: serving", served.name, served.version)
 
     def _retire_replaced(self, server: EngineServer, model: str) -> None:
-        """Once none of the model's versions is loading, retire the serving ones that are
-        no longer wanted."""
+        """Once none of the model's versions is loading, retire the serving ones that the
+        last sync no longer picked."""
         if self.placed(model, State.LOADING):
             return
-        wanted = self.wanted(model)
         for version, slot in self.placed(model, State.SERVING).items():
-            if version not in wanted:
+            if version not in self.targets[model]:
                 server.retire(slot)
                 logger.info("model '%s' version %d: unloading", model, version)
 
@@ -166,7 +169,8 @@ class Lifecycle:
         index = self.table.models.index(model)
         if action == Action.UNLOAD:
             self.table.unloaded[index] = 1
-            self.table.answer(model, request, ok=True)  # its versions retire from now on
+            self.targets[model] = ()  # its versions retire from now on
+            self.table.answer(model, request, ok=True)
             return
         self.table.unloaded[index] = 0
         self.failed = {k: v for k, v in self.failed.items() if k[0] != model}  # try again
@@ -174,7 +178,7 @@ class Lifecycle:
         if not versions(self.settings.repository / model):
             self._fail(model, 0, f"{self.settings.repository / model}: no complete version")
         self.sync(server, model)
-        ask.failed = ask.failed or not self.wanted(model)
+        ask.failed = ask.failed or not self.targets[model]
 
     def _answer(self) -> None:
         for model, ask in list(self.asks.items()):

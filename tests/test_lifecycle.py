@@ -159,6 +159,9 @@ def test_tritonclients_load_model_serves_a_new_export_and_refuses_a_tampered_one
         time.sleep(2 * POLL)
         index = {e["version"]: e for e in client.get_model_repository_index() if e["name"] == "mlp"}
         assert index["2"]["state"] == "UNAVAILABLE" and "load" in index["2"]["reason"]
+        assert index["1"]["state"] == "READY"  # version 1 serves until the load
+        before = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).json()
+        assert before["model_version"] == "1"
         client.load_model("mlp")  # returns once version 2 serves
         served = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).json()
         assert served["model_version"] == "2"

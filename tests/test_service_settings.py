@@ -209,6 +209,7 @@ def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
             ("2", 3),  # its versioned route, the unversioned one and V1
         ]
         export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
+        time.sleep(1.5)  # three supervisor rounds: with model control none nothing changes
         index = s.post("/v2/repository/index").json()
         assert [(e["name"], e["version"], e["state"]) for e in index] == [
             ("mlp", "1", "READY"),

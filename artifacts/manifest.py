@@ -12,6 +12,7 @@ into a staging folder that is renamed into place whole.
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
@@ -151,6 +152,13 @@ class Manifest(_Strict):
     @property
     def backends(self) -> list[Backend]:
         return [b for b in BACKENDS if self.artifact(b) is not None]
+
+
+def fits(declared: Sequence[int], actual: Sequence[int]) -> bool:
+    """Whether a shape matches a declared one, -1 standing for any size."""
+    return len(declared) == len(actual) and all(
+        d in (-1, got) for d, got in zip(declared, actual, strict=True)
+    )
 
 
 def sha256_file(path: Path) -> str:

@@ -38,6 +38,7 @@ from artifacts.manifest import (
     Smoke,
     TensorSpec,
     file_entry,
+    fits,
     sha256_file,
     write_manifest,
 )
@@ -124,10 +125,7 @@ def check_outputs(path: Path, outputs: Tensors, specs: list[TensorSpec], instanc
     if len(outputs) != len(specs):
         raise ImportFailed(f"{path}: gave {len(outputs)} outputs; the signature has {len(specs)}")
     for out, spec in zip(outputs, specs, strict=True):
-        dims_ok = out.ndim == len(spec.shape) and all(
-            d == -1 or d == got for d, got in zip(spec.shape[1:], out.shape[1:], strict=True)
-        )
-        if out.shape[:1] != (instances,) or not dims_ok:
+        if out.shape[:1] != (instances,) or not fits(spec.shape[1:], out.shape[1:]):
             raise ImportFailed(
                 f"{path}: output '{spec.name}' has shape {list(out.shape)} for {instances} "
                 f"instances; the signature says {spec.shape}"

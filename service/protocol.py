@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from artifacts.manifest import NUMPY, Datatype
+from artifacts.manifest import NUMPY, Datatype, fits
 from artifacts.runtimes import Tensors
 
 from .errors import BadRequest
@@ -136,10 +136,7 @@ def _numbers(data: Any, what: str, t: Tensor, booleans_possible: bool = True) ->
 
 
 def _check_batch(x: np.ndarray, t: Tensor, sig: Signature, what: str) -> np.ndarray:
-    dims_match = x.shape[1:] == t.shape or (
-        x.ndim == len(t.shape) + 1
-        and all(d in (-1, got) for d, got in zip(t.shape, x.shape[1:], strict=True))
-    )
+    dims_match = x.shape[1:] == t.shape or fits(t.shape, x.shape[1:])  # the first: fast
     if x.ndim == 0 or not dims_match or x.shape[0] == 0:
         raise BadRequest(
             f"{what} has shape {list(x.shape)}; model '{sig.model}' expects {t.expected()} "

@@ -86,7 +86,7 @@ class Lifecycle:
     def wanted(self, model: str) -> tuple[int, ...]:
         """The versions the model's policy picks among those in the repository that have
         not failed (since their files last changed); none once it is unloaded."""
-        if self.table.unloaded[self.table.models.index(model)]:
+        if self.table.is_unloaded(model):
             return ()
         folder = self.settings.repository / model
 
@@ -166,13 +166,12 @@ class Lifecycle:
         if pending is None or (model in self.asks and self.asks[model].request == pending[1]):
             return
         action, request = pending
-        index = self.table.models.index(model)
         if action == Action.UNLOAD:
-            self.table.unloaded[index] = 1
+            self.table.set_unloaded(model, True)
             self.targets[model] = ()  # its versions retire from now on
             self.table.answer(model, request, ok=True)
             return
-        self.table.unloaded[index] = 0
+        self.table.set_unloaded(model, False)
         self.failed = {k: v for k, v in self.failed.items() if k[0] != model}  # try again
         self.asks[model] = ask = Ask(request)
         if not versions(self.settings.repository / model):

@@ -173,10 +173,6 @@ class KServeSpec(LitSpec):
         self.versions = {v: self.known[v] for v in serving}
         self.model = self.versions[serving[-1]] if serving else None
 
-    def unloaded(self) -> bool:
-        """Unloaded through the repository API (until loaded again)."""
-        return bool(self.engine.table.unloaded[self.engine.table.models.index(self.name)])
-
     async def ready(self, version: int | None = None) -> bool:
         """Every inference worker of the version (when None: of every serving version) has
         loaded and warmed it and is reachable."""
@@ -203,7 +199,7 @@ class KServeSpec(LitSpec):
         raise NotFound(f"model '{self.name}' has no version {version!r}; served: {served}")
 
     def _none_serving(self) -> str:
-        if self.unloaded():
+        if self.engine.table.is_unloaded(self.name):
             return (
                 f"model '{self.name}' is unloaded; "
                 f"POST /v2/repository/models/{self.name}/load serves it again"

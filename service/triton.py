@@ -80,7 +80,7 @@ async def _state(
     if slot is not None:
         return "UNAVAILABLE", "unloading: answering the requests it admitted"
     failed, failure = spec.engine.table.failure(spec.name)
-    if spec.unloaded():
+    if spec.engine.table.is_unloaded(spec.name):
         return "UNAVAILABLE", "unloaded"
     if failed == version:
         return "UNAVAILABLE", f"failed to load: {failure}"

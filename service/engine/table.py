@@ -107,6 +107,13 @@ class VersionTable:
 
     # -- load and unload, asked by an HTTP process, answered by the main one -------------
 
+    def is_unloaded(self, model: str) -> bool:
+        """Unloaded through the repository API, until loaded again."""
+        return bool(self.unloaded[self.models.index(model)])
+
+    def set_unloaded(self, model: str, unloaded: bool) -> None:
+        self.unloaded[self.models.index(model)] = int(unloaded)
+
     def ask(self, model: str, action: Action) -> int:
         i = self.models.index(model)
         with self.asks.get_lock():

@@ -16,7 +16,6 @@ verified version in the model repository, with the guarantees of an export of ou
 """
 
 import shutil
-import tempfile
 import time
 import zipfile
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ from artifacts.manifest import (
 )
 from artifacts.runtimes import Tensors, load_runtime
 
-from .pipeline import STAGING_PREFIX, next_version
+from .pipeline import next_version, staging_folder
 
 DYNAMIC_DIM = 8  # the size a dynamic axis past the batch one gets in the smoke run
 
@@ -225,7 +224,7 @@ def import_model(
         raise ImportFailed("--sample and --expected go together")
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
+    staging = staging_folder(model_dir)
     try:
         staged = staging / ARTIFACTS[backend].file_name
         shutil.copyfile(path, staged)

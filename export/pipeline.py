@@ -1,7 +1,7 @@
 """From a training checkpoint to a new, verified version in the model repository."""
 
+import secrets
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +32,15 @@ STAGING_PREFIX = ".staging-"  # not a number, so never read as a version
 EXAMPLES = 64  # held-out inputs kept beside the artifacts (examples.npy)
 ONNX_FILE = ARTIFACTS["onnxruntime"].file_name
 TORCHSCRIPT_FILE = ARTIFACTS["torchscript"].file_name
+
+
+def staging_folder(model_dir: Path) -> Path:
+    """A new folder to write a version in before it is published. Made with mkdir, so it has
+    the umask's usual mode: tempfile.mkdtemp's 0700 would leave a version that only the
+    exporting user can read, and a server running as another user (the image's) could not."""
+    staging = model_dir / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
+    staging.mkdir()
+    return staging
 
 
 def parity_batch_sizes(max_batch_size: int) -> list[int]:
@@ -103,7 +112,7 @@ def export_model(
     dataset = registry.get(name).dataset()
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=model_dir))
+    staging = staging_folder(model_dir)
     steps = tqdm(total=4, desc=f"export {name}", unit="step", disable=not progress)
     try:
         steps.set_postfix_str("TorchScript")

@@ -1,6 +1,8 @@
 """Export through the real runtimes: TorchScript, ONNX Runtime, onnx.checker."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -80,6 +82,20 @@ def test_a_second_export_is_version_2_and_leaves_version_1_untouched(full_runs, 
     assert versions(tmp_path / "mlp") == [1, 2]
     assert {p.name: sha256_file(p) for p in first.iterdir()} == before
     assert read_manifest(second).version == 2
+
+
+def test_a_published_version_is_readable_by_other_users(full_runs, tmp_path):
+    # The image exports as root and serves as uid 10001: a 0700 version folder (mkdtemp's)
+    # failed there with PermissionError on manifest.json.
+    runs, _ = full_runs
+    umask = os.umask(0o022)
+    try:
+        version = export_model(runs / "mlp" / CHECKPOINT_NAME, tmp_path, progress=False)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(version.stat().st_mode) == 0o755
+    for path in version.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path
 
 
 def test_an_export_that_fails_parity_writes_no_version(full_runs, tmp_path, monkeypatch):

@@ -6,26 +6,34 @@
 # runtime wheels; onnxruntime-gpu (built for CUDA 13) uses the same libraries, which torch
 # loads first (the service also calls onnxruntime.preload_dlls), so the image needs no CUDA
 # base: the host's NVIDIA driver, passed in by the NVIDIA container toolkit, is enough.
-# VARIANT=cpu installs torch's CPU build from download.pytorch.org.
+# VARIANT=cpu installs torch's CPU build from download.pytorch.org, or, when TORCH_FIND_LINKS
+# is given, from that folder or page of wheels (pip's --find-links), for builds that cannot
+# reach PyTorch's index; deploy/image_test.py builds this way. Either way it must be the
+# "+cpu" build: a CUDA torch found instead fails the build rather than bloating the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG VARIANT=cuda
+ARG TORCH_FIND_LINKS=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
-# torch first, at the version pyproject.toml pins, from the index of the chosen variant.
+# torch first, at the version pyproject.toml pins, from the source of the chosen variant.
 # DL3013 (pin pip versions) cannot see the pin: it is read from pyproject.toml, its one place.
 # hadolint ignore=DL3013
 RUN TORCH="$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')" \
-    && if [ "$VARIANT" = "cpu" ]; then \
-         pip install --no-cache-dir "$TORCH" --index-url https://download.pytorch.org/whl/cpu; \
-       else \
-         pip install --no-cache-dir "$TORCH"; \
-       fi
+    && case "$VARIANT" in \
+         cuda) pip install --no-cache-dir "$TORCH" ;; \
+         cpu) if [ -n "$TORCH_FIND_LINKS" ]; then \
+                pip install --no-cache-dir "$TORCH+cpu" --find-links "$TORCH_FIND_LINKS"; \
+              else \
+                pip install --no-cache-dir "$TORCH+cpu" --index-url https://download.pytorch.org/whl/cpu; \
+              fi ;; \
+         *) echo "VARIANT must be cuda or cpu, not '$VARIANT'" >&2; exit 1 ;; \
+       esac
 COPY training/ training/
 COPY artifacts/ artifacts/
 COPY export/ export/
@@ -36,7 +44,10 @@ RUN python -m training --model all --out /src/runs --device cpu \
     && python -m export --model all --runs /src/runs --repository /models
 
 FROM ${PYTHON_IMAGE} AS runtime
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tensorgate
+# The service's user can write to /tmp only: the base's other world-writable folders
+# (/var/tmp, /run/lock) are closed to it.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tensorgate \
+    && find / -xdev -type d -perm -o+w ! -path /tmp -exec chmod o-w {} +
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /models /models
 # /models is the baked repository; mount another one over it to serve your own models.

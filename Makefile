@@ -13,7 +13,7 @@ MODELS := mlp resnet transformer
 TORCH  := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 .DEFAULT_GOAL := help
-.PHONY: help venv serve test test-fast train export loadtest bench docker lint format clean
+.PHONY: help venv serve test test-fast train export loadtest bench docker image-test lint format clean
 
 help:
 	@echo "make serve      build .venv, train and export the models if the repository is empty, serve"
@@ -24,6 +24,7 @@ help:
 	@echo "make loadtest   a 30 s locust run with SLO gates against a fresh service (LOADTEST_ARGS=...)"
 	@echo "make bench      the side-by-side benchmark (about 90 minutes; needs wrk) -> docs/benchmarks/"
 	@echo "make docker     build the images tensorgate:cuda and tensorgate:cpu (needs a Docker engine)"
+	@echo "make image-test build the CPU image with buildah, no Docker engine, and serve from it (root)"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make clean      remove .venv, $(RUNS)/ and caches"
 
@@ -49,7 +50,11 @@ serve: $(STAMP)
 	TENSORGATE_REPOSITORY=$(REPOSITORY) $(PY) -m service
 
 # e.g. make loadtest LOADTEST_ARGS="--users 32 --duration 2m --tags resnet"
-loadtest: $(STAMP)
+load# Needs root, buildah and debootstrap (apt-get install buildah debootstrap); about 4 minutes.
+image-test: $(STAMP)
+	$(PY) deploy/image_test.py
+
+test: $(STAMP)
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
 	$(PY) -m load_tests --repository $(REPOSITORY) $(LOADTEST_ARGS)
 
@@ -62,6 +67,10 @@ docker:
 	@docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine; none answers here" >&2; exit 1; }
 	docker build -t tensorgate:cuda .
 	docker build --build-arg VARIANT=cpu -t tensorgate:cpu .
+
+# Needs root, buildah and debootstrap (apt-get install buildah debootstrap); about 4 minutes.
+image-test: $(STAMP)
+	$(PY) deploy/image_test.py
 
 test: $(STAMP)
 	$(PY) -m pytest

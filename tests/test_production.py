@@ -3,6 +3,7 @@ requests, a model that cannot load stops start-up, and one queue bound across HT
 Real servers on loopback, real signals, bounded loops."""
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import http.client
 import json
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 from helpers import Clients, artifact, direct, rows, served, v2_json
 from tritonclient.utils import InferenceServerException
@@ -229,6 +232,39 @@ def test_a_killed_worker_fails_only_its_requests_and_comes_back(exported, tmp_pa
         assert "worker 0 (pid" in log.read_text() and "died with exit code -9" in log.read_text()
     finally:
         stop(process)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
+def test_a_killed_main_process_leaves_no_process_behind_holding_the_port(exported, tmp_path):
+    # kill -9 or the OOM killer, outside a container: the HTTP processes must not go on.
+    log = tmp_path / "service.log"
+    process, port = serve(exported, log, models="mlp", api_servers=2)
+    try:
+        left = children(process.pid)
+        assert len(left) >= 3, left  # two HTTP processes and mlp's worker, at least
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 15
+        while (alive := [pid for pid in left if Path(f"/proc/{pid}").exists()]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert not alive, f"still running after the main process died: {alive}"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what is left of the service's group
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_a_model_that_cannot_load_stops_the_server_naming_it(exported, tmp_path):

@@ -39,6 +39,7 @@ from litserve.utils import WorkerSetupStatus
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
+from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
 
@@ -163,6 +164,7 @@ class EngineServer(ls.LitServer):
         self.uvicorn_graceful_timeout = engine.drain_timeout + 5
         self.exit_reason: str | None = None  # set when the server stops because of a failure
         self.placements: dict[int, Placement] = {}  # table slot -> the version's workers
+        self.main_pid = os.getpid()
 
     # -- start ---------------------------------------------------------------------------
 
@@ -243,6 +245,8 @@ class EngineServer(ls.LitServer):
     async def lifespan(self, app):
         """LitServe's, with the companions running inside it (uvicorn runs this in each
         HTTP process; on a drain they stop after its HTTP requests are answered)."""
+        if os.getpid() != self.main_pid:  # a forked HTTP process, as always but in-process use
+            exit_with_parent(self.main_pid)
         async with super().lifespan(app), contextlib.AsyncExitStack() as stack:
             for companion in self.companions:
                 await stack.enter_async_context(companion())
@@ -257,12 +261,10 @@ class EngineServer(ls.LitServer):
         return workers
 
     def run(self, *args, **kwargs) -> None:
-        main = os.getpid()
-
         def interrupt(signum: int, frame) -> None:
             # SIGTERM (docker stop, Kubernetes) drains like Ctrl-C. The forked HTTP processes
             # inherit this until uvicorn installs its own handlers, which drain them.
-            if os.getpid() == main:
+            if os.getpid() == self.main_pid:
                 raise KeyboardInterrupt
             raise SystemExit(0)
 

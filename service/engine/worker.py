@@ -24,6 +24,7 @@ from litserve.loops.base import LitLoop
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
+from .parent import exit_with_parent
 from .stats import Stats
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame
 
@@ -72,11 +73,13 @@ class WorkerLoop(LitLoop):
     def __init__(self, token: str, model: str, log_level: str, stats: Stats) -> None:
         super().__init__()
         self.token, self.model, self.log_level, self.stats = token, model, log_level, stats
+        self.parent = os.getpid()  # made in the main process, called in the worker
 
     def __call__(self, lit_api: Batcher, device: str, worker_id: int, *args, **kwargs) -> None:
         # Ctrl-C reaches the whole process group; the main process stops the workers itself,
         # once the HTTP processes have answered everything they accepted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exit_with_parent(self.parent)
         logging.basicConfig(  # a spawned process does not inherit the main one's logging
             level=self.log_level.upper(), format=LOG_FORMAT, force=True
         )

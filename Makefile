@@ -50,11 +50,7 @@ serve: $(STAMP)
 	TENSORGATE_REPOSITORY=$(REPOSITORY) $(PY) -m service
 
 # e.g. make loadtest LOADTEST_ARGS="--users 32 --duration 2m --tags resnet"
-load# Needs root, buildah and debootstrap (apt-get install buildah debootstrap); about 4 minutes.
-image-test: $(STAMP)
-	$(PY) deploy/image_test.py
-
-test: $(STAMP)
+loadtest: $(STAMP)
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
 	$(PY) -m load_tests --repository $(REPOSITORY) $(LOADTEST_ARGS)
 

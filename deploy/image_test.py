@@ -153,7 +153,8 @@ def build(base: str, dockerfile: Path, wheels: Path | None, log: Path) -> list[t
     if wheels is not None:  # /mnt exists in the base, so the mount leaves nothing behind
         args += ["--build-arg", "TORCH_FIND_LINKS=/mnt", "--volume", f"{wheels}:/mnt:ro"]
     buildah("rmi", IMAGE, check=False)  # vfs keeps a full copy of every image
-    command = [*BUILDAH, "bud", "--isolation", "chroot", "--force-rm"]  # even when it fails
+    # --force-rm: remove the stages' containers even when the build fails (it needs --no-cache)
+    command = [*BUILDAH, "bud", "--isolation", "chroot", "--no-cache", "--force-rm"]
     command += ["--format", "docker", "--pull=never", *args, "-f", str(dockerfile)]
     command += ["-t", IMAGE, str(ROOT)]
     steps: list[tuple[str, float]] = []

@@ -3,7 +3,8 @@ without a Docker engine (`make image-test`; root, buildah and debootstrap).
 
 1. base: a stand-in for python:3.11-slim-bookworm (no registry can be reached here), made
    with debootstrap and kept in buildah's storage under a name that hashes its recipe.
-2. build: `buildah bud` of the Dockerfile with VARIANT=cpu, timed step by step.
+2. build: `buildah bud` of the Dockerfile with VARIANT=cpu (or --variant cuda: several GB, not
+   in CI), timed step by step.
 3. run: the image's CMD as the image's USER with the image's ENV, on loopback ports; it
    must become ready, answer V1 and V2 for every baked model as ONNX Runtime does on the
    baked files, pass its HEALTHCHECK inside the container, write nowhere but /tmp, and exit
@@ -35,7 +36,7 @@ from load_tests.payloads import Served, served_models
 from load_tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "localhost/tensorgate:cpu"
+IMAGE = "localhost/tensorgate:{variant}"
 CONTAINER = "tensorgate-image-test"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]  # overlay needs kernel support not always here
 STEP = re.compile(r"^(\[\d+/\d+\] )?(STEP \d+/\d+|COMMIT)")  # buildah bud's step lines
@@ -147,16 +148,21 @@ def torch_wheels(settings: dict[str, str]) -> Path | None:
     return None
 
 
-def build(base: str, dockerfile: Path, wheels: Path | None, log: Path) -> list[tuple[str, float]]:
+def build(
+    image: str, base: str, dockerfile: Path, wheels: Path | None, log: Path
+) -> list[tuple[str, float]]:
     """`buildah bud`, streamed to `log`; returns each Dockerfile step's time."""
-    args = ["--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", "VARIANT=cpu"]
-    if wheels is not None:  # /mnt exists in the base, so the mount leaves nothing behind
+    variant = image.rsplit(":", 1)[1]
+    args = ["--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", f"VARIANT={variant}"]
+    if (
+        wheels is not None and variant == "cpu"
+    ):  # /mnt exists in the base, so the mount leaves nothing behind
         args += ["--build-arg", "TORCH_FIND_LINKS=/mnt", "--volume", f"{wheels}:/mnt:ro"]
-    buildah("rmi", IMAGE, check=False)  # vfs keeps a full copy of every image
+    buildah("rmi", image, check=False)  # vfs keeps a full copy of every image
     # --force-rm: remove the stages' containers even when the build fails (it needs --no-cache)
     command = [*BUILDAH, "bud", "--isolation", "chroot", "--no-cache", "--force-rm"]
     command += ["--format", "docker", "--pull=never", *args, "-f", str(dockerfile)]
-    command += ["-t", IMAGE, str(ROOT)]
+    command += ["-t", image, str(ROOT)]
     steps: list[tuple[str, float]] = []
     step, started = "", time.monotonic()
     with (
@@ -195,11 +201,11 @@ class Container:
         return [*BUILDAH, "run", "--isolation", "chroot", *user, *extra, self.name, "--", *command]
 
 
-def open_container() -> Container:
+def open_container(image: str) -> Container:
     buildah("rm", CONTAINER, check=False)  # left by a run that was killed
-    name = buildah("from", "--pull=never", "--name", CONTAINER, IMAGE)
+    name = buildah("from", "--pull=never", "--name", CONTAINER, image)
     rootfs = Path(buildah("mount", name))
-    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]
+    config = json.loads(buildah("inspect", "--type", "image", image))["Docker"]["config"]
     return Container(name, rootfs, config)
 
 
@@ -280,6 +286,16 @@ def post(url: str, path: str, body: dict) -> dict:
     return response.json()
 
 
+def check_variant(container: Container, variant: str) -> None:
+    """torch's build is the variant's: CUDA's for cuda, none for cpu."""
+    probe = "import torch; print(torch.version.cuda or '')"
+    out = subprocess.run(container.run("python", "-c", probe), capture_output=True, text=True)
+    cuda = out.stdout.strip()
+    if out.returncode != 0 or bool(cuda) != (variant == "cuda"):
+        raise Failed(f"torch.version.cuda is {cuda or None!r} in the {variant} image {out.stderr}")
+    print(f"  torch {'built for CUDA ' + cuda if cuda else 'CPU build'}")
+
+
 def check_healthcheck(container: Container, port: int, closed_port: int) -> None:
     """The image's HEALTHCHECK command, run inside the container: it passes against the
     running service and fails against a port where nothing listens."""
@@ -358,8 +374,8 @@ def instruction(created_by: str) -> str:
     return " ".join(words[:2]) if words[:1] == ["RUN"] else words[0]
 
 
-def print_sizes(container: Container, base: str) -> None:
-    inspect = json.loads(buildah("inspect", "--type", "image", IMAGE))
+def print_sizes(image: str, container: Container, base: str) -> None:
+    inspect = json.loads(buildah("inspect", "--type", "image", image))
     layers = json.loads(inspect["Manifest"])["layers"]
     base_layers = len(
         json.loads(json.loads(buildah("inspect", "--type", "image", base))["Manifest"])["layers"]
@@ -370,7 +386,7 @@ def print_sizes(container: Container, base: str) -> None:
         if not entry.get("empty_layer"):
             made_by.append(pending)
             pending = []
-    print(f"image {IMAGE}: {megabytes(sum(layer['size'] for layer in layers))}")
+    print(f"image {image}: {megabytes(sum(layer['size'] for layer in layers))}")
     for i, layer in enumerate(layers):
         what = f"the base, {base}" if i < base_layers else "; ".join(made_by[i - base_layers])
         print(f"  layer {megabytes(layer['size']):>9}  {what}")
@@ -389,7 +405,7 @@ def tree_size(path: Path) -> int:
 # -- main ---------------------------------------------------------------------------------
 
 
-def serve_and_check(container: Container, reports: Path, timings: Timings) -> None:
+def serve_and_check(container: Container, variant: str, reports: Path, timings: Timings) -> None:
     port, grpc_port, closed_port = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     # docker run -e: loopback instead of the image's 0.0.0.0, and ports free here.
@@ -406,6 +422,8 @@ def serve_and_check(container: Container, reports: Path, timings: Timings) -> No
             wait_ready(url, process, log)
         with timings.stage("answers: V1 and V2 for every baked model"):
             check_answers(url, container.rootfs / "models")
+        with timings.stage(f"torch in the {variant} image"):
+            check_variant(container, variant)
         with timings.stage("HEALTHCHECK inside the container"):
             check_healthcheck(container, port, closed_port)
         with timings.stage("writes outside /tmp"):
@@ -420,6 +438,7 @@ def serve_and_check(container: Container, reports: Path, timings: Timings) -> No
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dockerfile", type=Path, default=ROOT / "Dockerfile")
     parser.add_argument("--mirror", default="http://deb.debian.org/debian")
     parser.add_argument("--reports", type=Path, default=ROOT / "reports" / "image-test")
@@ -435,17 +454,18 @@ def main() -> int:
     args.reports.mkdir(parents=True, exist_ok=True)
     settings = pip_settings()
     ca = Path(settings["cert"]) if settings.get("cert") else None
-    timings, container = Timings(), None
+    timings, container, image = Timings(), None, IMAGE.format(variant=args.variant)
     try:
         base = base_name(args.mirror, ca)
         with timings.stage("base"):
             make_base(base, args.mirror, ca)
-        with timings.stage(f"build {IMAGE}"):
-            steps = build(base, args.dockerfile, torch_wheels(settings), args.reports / "build.log")
-        container = open_container()
-        serve_and_check(container, args.reports, timings)
+        with timings.stage(f"build {image}"):
+            wheels, log = torch_wheels(settings), args.reports / "build.log"
+            steps = build(image, base, args.dockerfile, wheels, log)
+        container = open_container(image)
+        serve_and_check(container, args.variant, args.reports, timings)
         print("\n== sizes")
-        print_sizes(container, base)
+        print_sizes(image, container, base)
     except Failed as e:
         print(f"\nimage-test FAILED: {e}", file=sys.stderr)
         return 1

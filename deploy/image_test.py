@@ -6,9 +6,9 @@ without a Docker engine (`make image-test`; root, buildah and debootstrap).
 2. build: `buildah bud` of the Dockerfile with VARIANT=cpu (or --variant cuda: several GB, not
    in CI), timed step by step.
 3. run: the image's CMD as the image's USER with the image's ENV, on loopback ports; it
-   must become ready, answer V1 and V2 for every baked model as ONNX Runtime does on the
-   baked files, pass its HEALTHCHECK inside the container, write nowhere but /tmp, and exit
-   0 on SIGTERM.
+   must become ready, answer V1, V2 and gRPC for every baked model as ONNX Runtime does on
+   the baked files, hold the variant's torch, pass its HEALTHCHECK inside the container,
+   write nowhere but /tmp, and exit 0 on SIGTERM.
 4. sizes: the image's layers and what its largest holds.
 
 A failure names its stage (a build failure, the Dockerfile step) and exits 1.
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import requests
+import tritonclient.grpc as grpcclient
 
 from load_tests.payloads import Served, served_models
 from load_tests.servers import free_port
@@ -253,8 +254,36 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     raise Failed(f"not ready within {READY_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
-def check_answers(url: str, repository: Path) -> None:
-    """V1 and V2 for every baked model, against ONNX Runtime on the baked ONNX file."""
+@dataclass
+class Endpoints:
+    url: str  # HTTP
+    grpc: str  # host:port
+
+
+def ask_v1(at: Endpoints, model: str, x: np.ndarray, tensor: str, output: str) -> np.ndarray:
+    v1 = post(at.url, f"/v1/models/{model}:predict", {"instances": x.tolist()})
+    return np.array([p["probabilities"] for p in v1["predictions"]], np.float32)
+
+
+def ask_v2(at: Endpoints, model: str, x: np.ndarray, tensor: str, output: str) -> np.ndarray:
+    body = {"inputs": [{"name": tensor, "datatype": "FP32", "shape": list(x.shape)}]}
+    body["inputs"][0]["data"] = x.ravel().tolist()
+    v2 = post(at.url, f"/v2/models/{model}/infer", body)["outputs"][0]
+    return np.array(v2["data"], np.float32).reshape(v2["shape"])
+
+
+def ask_grpc(at: Endpoints, model: str, x: np.ndarray, tensor: str, output: str) -> np.ndarray:
+    request = grpcclient.InferInput(tensor, list(x.shape), "FP32")
+    request.set_data_from_numpy(x)
+    with grpcclient.InferenceServerClient(at.grpc) as client:
+        return client.infer(model, [request]).as_numpy(output)
+
+
+PROTOCOLS = {"V1": ask_v1, "V2": ask_v2, "gRPC": ask_grpc}
+
+
+def check_answers(at: Endpoints, repository: Path) -> None:
+    """Every protocol for every baked model, against ONNX Runtime on the baked ONNX file."""
     models = served_models(repository)
     if not models:
         raise Failed(f"no model baked in {repository}")
@@ -266,13 +295,8 @@ def check_answers(url: str, repository: Path) -> None:
         x = served.examples[:ROWS]
         (tensor,), (output,) = served.manifest.inputs, served.manifest.outputs
         expected = session.run([output.name], {tensor.name: x})[0]
-        v1 = post(url, f"/v1/models/{model}:predict", {"instances": x.tolist()})
-        got_v1 = np.array([p["probabilities"] for p in v1["predictions"]], np.float32)
-        body = {"inputs": [{"name": tensor.name, "datatype": "FP32", "shape": list(x.shape)}]}
-        body["inputs"][0]["data"] = x.ravel().tolist()
-        v2 = post(url, f"/v2/models/{model}/infer", body)["outputs"][0]
-        got_v2 = np.array(v2["data"], np.float32).reshape(v2["shape"])
-        for protocol, got in (("V1", got_v1), ("V2", got_v2)):
+        for protocol, ask in PROTOCOLS.items():
+            got = ask(at, model, x, tensor.name, output.name)
             diff = float(np.abs(got - expected).max())
             if got.shape != expected.shape or diff > TOLERANCE:
                 raise Failed(f"{model} {protocol}: max |diff| {diff:.1e} against {onnx_file.name}")
@@ -420,8 +444,8 @@ def serve_and_check(container: Container, variant: str, reports: Path, timings: 
     try:
         with timings.stage(f"run {' '.join(cmd)} as uid {container.config['User']}: ready"):
             wait_ready(url, process, log)
-        with timings.stage("answers: V1 and V2 for every baked model"):
-            check_answers(url, container.rootfs / "models")
+        with timings.stage("answers: V1, V2 and gRPC for every baked model"):
+            check_answers(Endpoints(url, f"127.0.0.1:{grpc_port}"), container.rootfs / "models")
         with timings.stage(f"torch in the {variant} image"):
             check_variant(container, variant)
         with timings.stage("HEALTHCHECK inside the container"):

@@ -45,7 +45,7 @@ BASE_PACKAGES = ["python3", "python3-venv", "python-is-python3", "ca-certificate
 BASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 PIP_CA = "/etc/ssl/certs/build-machine-ca.crt"  # in the base, when this machine's pip has one
 TOLERANCE = 1e-5
-READY_TIMEOUT = 180  # seconds: three workers import torch and ONNX Runtime, then warm up
+READY_TIMEOUT = 180  # seconds: each model's worker loads and warms it (3 s here)
 STOP_TIMEOUT = 60  # the service's drain is 30 s at most
 ROWS = 16  # examples per request
 

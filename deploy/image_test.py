@@ -193,7 +193,12 @@ def build(
 class Container:
     name: str
     rootfs: Path
-    config: dict  # the image's Docker config: Cmd, Env, User, Healthcheck
+    image: dict  # `buildah inspect` of its image: the manifest, history and config
+
+    @property
+    def config(self) -> dict:
+        """The image's Docker config: Cmd, Env, User, Healthcheck."""
+        return self.image["Docker"]["config"]
 
     def run(self, *command: str, env: dict[str, str] | None = None) -> list[str]:
         """The `buildah run` command line for `command` as the image's user."""
@@ -206,8 +211,7 @@ def open_container(image: str) -> Container:
     buildah("rm", CONTAINER, check=False)  # left by a run that was killed
     name = buildah("from", "--pull=never", "--name", CONTAINER, image)
     rootfs = Path(buildah("mount", name))
-    config = json.loads(buildah("inspect", "--type", "image", image))["Docker"]["config"]
-    return Container(name, rootfs, config)
+    return Container(name, rootfs, json.loads(buildah("inspect", "--type", "image", image)))
 
 
 def descendants(pid: int) -> list[int]:
@@ -399,7 +403,7 @@ def instruction(created_by: str) -> str:
 
 
 def print_sizes(image: str, container: Container, base: str) -> None:
-    inspect = json.loads(buildah("inspect", "--type", "image", image))
+    inspect = container.image
     layers = json.loads(inspect["Manifest"])["layers"]
     base_layers = len(
         json.loads(json.loads(buildah("inspect", "--type", "image", base))["Manifest"])["layers"]

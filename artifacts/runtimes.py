@@ -103,7 +103,9 @@ class TorchScriptRuntime:
 
     def infer(self, inputs: Tensors) -> Tensors:
         with self.torch.inference_mode():
-            tensors = [self.torch.from_numpy(x).to(self.device) for x in inputs]
+            # torch wants writable memory; the worker's inputs may be read-only views
+            arrays = [x if x.flags.writeable else x.copy() for x in inputs]
+            tensors = [self.torch.from_numpy(x).to(self.device) for x in arrays]
             out = self.module(*tensors)
             outputs = out if isinstance(out, (tuple, list)) else (out,)
             return tuple(t.cpu().numpy() for t in outputs)

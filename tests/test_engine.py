@@ -18,7 +18,7 @@ from service.engine.client import Engine
 from service.engine.server import LITSERVE_VERSION, check_litserve_version
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
-from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame
+from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
 from service.engine.worker import Worker
 from service.errors import Retired
 
@@ -78,7 +78,7 @@ def test_a_version_retired_while_a_request_is_admitted_refuses_it_and_releases_i
 
 
 def test_frames_split_anywhere_are_reassembled_in_order():
-    messages = [Infer(i, 1.5, (np.full((i + 1, 3), i, np.float32),)) for i in range(5)]
+    messages = [request(i, 1.5, np.full((i + 1, 3), i, np.float32)) for i in range(5)]
     messages.append(Cancel(9))
     stream = b"".join(frame(m) for m in messages)
     reader, got = FrameReader(), []
@@ -87,7 +87,7 @@ def test_frames_split_anywhere_are_reassembled_in_order():
     assert [type(m) for m in got] == [Infer] * 5 + [Cancel]
     for sent, received in zip(messages[:5], got[:5], strict=True):
         assert received.uid == sent.uid
-        np.testing.assert_array_equal(received.inputs[0], sent.inputs[0])
+        np.testing.assert_array_equal(unpack(received.inputs)[0], unpack(sent.inputs)[0])
     assert reader.buffer == bytearray()
 
 
@@ -205,7 +205,9 @@ class Peer:
         got: dict[int, Answer] = {}
         while len(got) < n:
             for batch in self.reader.feed(self.sock.recv(1 << 20)):
-                got.update((a.uid, a) for a in batch)
+                got.update(
+                    (a.uid, a._replace(outputs=a.outputs and unpack(a.outputs))) for a in batch
+                )
         return got
 
 
@@ -224,6 +226,10 @@ def worker():
     yield addr, api, started
 
 
+def request(uid: int, enqueued_at: float, *inputs: np.ndarray) -> Infer:
+    return Infer(uid, enqueued_at, pack(inputs))
+
+
 def x(rows: int, value: float = 1.0) -> np.ndarray:
     return np.full((rows, 3), value, np.float32)
 
@@ -235,8 +241,8 @@ def test_requests_whose_shapes_differ_past_the_batch_axis_run_in_separate_batche
     peer = Peer(addr)
     now = time.monotonic()
     wide = np.ones((1, 5), np.float32)
-    peer.send(Infer(0, now, (x(1),)), Infer(1, now, (x(1),)), Infer(2, now, (wide,)),
-              Infer(3, now, (x(1),)))  # fmt: skip
+    peer.send(request(0, now, x(1)), request(1, now, x(1)), request(2, now, wide),
+              request(3, now, x(1)))  # fmt: skip
     time.sleep(0.2)
     started.set()
     answers = peer.answers(4)
@@ -248,7 +254,7 @@ def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     addr, api, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(*(Infer(i, now, (x(2, i),)) for i in range(6)))  # 12 instances, max batch 8
+    peer.send(*(request(i, now, x(2, i)) for i in range(6)))  # 12 instances, max batch 8
     time.sleep(0.2)  # all of it has arrived before the worker looks
     started.set()
     answers = peer.answers(6)
@@ -270,9 +276,7 @@ def test_a_cancelled_request_is_not_computed_and_a_late_one_answers_504(worker):
     addr, api, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(
-        Infer(0, now, (x(1),)), Infer(1, now, (x(1),)), Cancel(0), Infer(2, now - 60, (x(1),))
-    )
+    peer.send(request(0, now, x(1)), request(1, now, x(1)), Cancel(0), request(2, now - 60, x(1)))
     time.sleep(0.2)
     started.set()
     answers = peer.answers(2)
@@ -286,7 +290,7 @@ def test_a_failing_batch_fails_only_its_own_requests(worker):
     addr, _, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(Infer(0, now, (x(4, -1),)), Infer(1, now, (x(4),)), Infer(2, now, (x(3),)))
+    peer.send(request(0, now, x(4, -1)), request(1, now, x(4)), request(2, now, x(3)))
     time.sleep(0.2)
     started.set()
     answers = peer.answers(3)
@@ -299,8 +303,8 @@ def test_each_http_process_gets_its_own_answers(worker):
     addr, _, started = worker
     a, b = Peer(addr), Peer(addr)
     started.set()
-    a.send(Infer(0, time.monotonic(), (x(1, 3),)))
-    b.send(Infer(0, time.monotonic(), (x(1, 5),)))
+    a.send(request(0, time.monotonic(), x(1, 3)))
+    b.send(request(0, time.monotonic(), x(1, 5)))
     np.testing.assert_array_equal(a.answers(1)[0].outputs[0], x(1, 6))
     np.testing.assert_array_equal(b.answers(1)[0].outputs[0], x(1, 10))
 

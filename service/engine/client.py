@@ -37,7 +37,7 @@ from ..errors import (
 )
 from .stats import Stats
 from .table import Slot, State, VersionTable
-from .wire import Cancel, FrameReader, Infer, Tensors, address, frame
+from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unpack
 
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
 DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
@@ -65,7 +65,7 @@ class Link(asyncio.Protocol):
                 if future is None or future.done():
                     continue
                 if answer.failure is None:
-                    future.set_result(answer.outputs)
+                    future.set_result(unpack(answer.outputs))
                 else:
                     future.set_exception(for_status(*answer.failure))
 
@@ -85,7 +85,7 @@ class Link(asyncio.Protocol):
         uid = next(self.uids)
         future = asyncio.get_running_loop().create_future()
         self.pending[uid] = future
-        self.transport.write(frame(Infer(uid, time.monotonic(), inputs)))  # buffered, never blocks
+        self.transport.write(frame(Infer(uid, time.monotonic(), pack(inputs))))  # never blocks
         return uid, future
 
     def cancel(self, uid: int) -> None:

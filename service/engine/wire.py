@@ -3,13 +3,19 @@
 Each (HTTP process, worker) pair has its own Unix stream socket, so every byte stream has
 one writer and one reader: no locks, no feeder threads, and a worker's death is seen by the
 HTTP process as the end of that stream, failing exactly the requests that were sent on it.
-A frame is a 4-byte big-endian length and a pickle (protocol 5) of one message.
+A frame is a 4-byte big-endian length and a pickle (protocol 5) of one message. Tensors
+travel packed as (dtype, shape, bytes): pickling an ndarray goes through numpy's Python-level
+reduce, about 13 us a round trip for one small array against 2 us for its packed form.
 """
 
 import pickle
 from typing import NamedTuple
 
+import numpy as np
+
 from artifacts.runtimes import Tensors
+
+Packed = tuple[tuple[str, tuple[int, ...], bytes], ...]  # (dtype, shape, C-order data) each
 
 HEADER = 4  # bytes of frame length
 MAX_FRAME = 1 << 31  # a length beyond this is a corrupt stream, not a message
@@ -20,16 +26,16 @@ class Infer(NamedTuple):
 
     uid: int  # unique on its connection
     enqueued_at: float  # time.monotonic() in the HTTP process (one clock per machine)
-    inputs: Tensors  # one array per model input, in the manifest's order
+    inputs: Packed  # pack() of one array per model input, in the manifest's order
 
     @property
     def instances(self) -> int:
-        return len(self.inputs[0])
+        return self.inputs[0][1][0]
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
         """Each input's shape past the batch axis: only requests alike batch together."""
-        return tuple(x.shape[1:] for x in self.inputs)
+        return tuple(shape[1:] for _, shape, _ in self.inputs)
 
 
 class Cancel(NamedTuple):
@@ -47,8 +53,18 @@ class Answer(NamedTuple):
     """Worker -> HTTP process: the outcome of one request; a batch's answers go as a list."""
 
     uid: int
-    outputs: Tensors | None  # one array per model output, in the manifest's order; None: failed
+    outputs: Packed | None  # pack() of one array per model output, in order; None: failed
     failure: Failure | None = None
+
+
+def pack(tensors: Tensors) -> Packed:
+    """Numeric arrays only: the manifest's datatypes have no object dtype."""
+    return tuple((x.dtype.str, x.shape, x.tobytes()) for x in tensors)
+
+
+def unpack(packed: Packed) -> Tensors:
+    """Read-only arrays over the message's bytes, without a copy."""
+    return tuple(np.frombuffer(data, dtype).reshape(shape) for dtype, shape, data in packed)
 
 
 def frame(message: object) -> bytes:

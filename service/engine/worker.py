@@ -26,7 +26,7 @@ from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
 from .parent import exit_with_parent
 from .stats import Stats
-from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame
+from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame, pack, unpack
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -217,10 +217,12 @@ class Worker:
     def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
         api = self.api
         try:
-            inputs = [q.request.inputs for q in live]
+            inputs = [unpack(q.request.inputs) for q in live]
             sizes = [q.request.instances for q in live]
             outputs = api.unbatch(api.predict(api.batch(inputs)), sizes)
-            return [(q, Answer(q.request.uid, out)) for q, out in zip(live, outputs, strict=True)]
+            return [
+                (q, Answer(q.request.uid, pack(out))) for q, out in zip(live, outputs, strict=True)
+            ]
         except Exception as e:  # a failing batch fails only its own requests
             logger.exception("inference failed for a batch of %d requests", len(live))
             failure = Failure(

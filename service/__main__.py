@@ -51,6 +51,7 @@ def serve(settings: Settings) -> int:
 
     from .app import build_server
     from .engine import StartupError
+    from .httpwrites import CoalescingHttpToolsProtocol
     from .repository import load_models
 
     try:
@@ -79,6 +80,7 @@ def serve(settings: Settings) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             access_log=settings.access_log,
+            http=CoalescingHttpToolsProtocol,
             generate_client_file=False,
         )
     except StartupError as e:

@@ -9,6 +9,7 @@ message per batch. A failing batch fails only its own requests; a request older 
 request timeout answers 504 uncomputed; a request whose client has gone (Cancel) is skipped.
 """
 
+import gc
 import logging
 import os
 import selectors
@@ -85,6 +86,7 @@ class WorkerLoop(LitLoop):
         )
         addr = address(self.token, self.model, worker_id)
         worker = Worker(lit_api, addr, self.stats, worker_id)
+        gc.freeze()  # the loaded model and imports live on: full collections skip them
         logger.info("%s: worker %d serving (pid %d)", lit_api.label, worker_id, os.getpid())
         worker.serve()
 

@@ -51,8 +51,8 @@ def serve(settings: Settings) -> int:
 
     from .app import build_server
     from .engine import StartupError
-    from .httpwrites import CoalescingHttpToolsProtocol
     from .repository import load_models
+    from .writes import CoalescingHttpToolsProtocol
 
     try:
         models = load_models(settings)

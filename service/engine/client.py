@@ -35,6 +35,7 @@ from ..errors import (
     Unavailable,
     for_status,
 )
+from ..writes import CoalescingTransport
 from .stats import Stats
 from .table import Slot, State, VersionTable
 from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unpack
@@ -53,12 +54,11 @@ class Link(asyncio.Protocol):
         self.reader = FrameReader()
         self.pending: dict[int, asyncio.Future] = {}
         self.uids = itertools.count()
-        self.loop = asyncio.get_running_loop()
-        self.lost = self.loop.create_future()
-        self.outbox: list[bytes] = []  # frames written in this turn of the loop, sent together
+        self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # the frames of the requests admitted in one turn of the loop leave in one write
+        self.transport = CoalescingTransport(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         for answers in self.reader.feed(data):
@@ -85,26 +85,14 @@ class Link(asyncio.Protocol):
 
     def send(self, inputs: Tensors) -> tuple[int, asyncio.Future]:
         uid = next(self.uids)
-        future = self.loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         self.pending[uid] = future
-        self.post(frame(Infer(uid, time.monotonic(), pack(inputs))))
+        self.transport.write(frame(Infer(uid, time.monotonic(), pack(inputs))))  # never blocks
         return uid, future
 
     def cancel(self, uid: int) -> None:
         if self.pending.pop(uid, None) is not None and not self.lost.done():
-            self.post(frame(Cancel(uid)))
-
-    def post(self, data: bytes) -> None:
-        """Write once this turn of the event loop ends, with every other frame written in it:
-        at 64 connections one system call (and one wake-up of the worker) for many requests."""
-        if not self.outbox:
-            self.loop.call_soon(self.flush)
-        self.outbox.append(data)
-
-    def flush(self) -> None:
-        data, self.outbox = b"".join(self.outbox), []
-        if not self.lost.done():
-            self.transport.write(data)  # buffered by the transport: never blocks
+            self.transport.write(frame(Cancel(uid)))
 
 
 class ModelLinks:

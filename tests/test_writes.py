@@ -1,11 +1,11 @@
-"""service/httpwrites.py: a response's writes leave together, over a real socket."""
+"""service/writes.py: a response's writes leave together, over a real socket."""
 
 import asyncio
 import socket
 
 import uvloop
 
-from service.httpwrites import CoalescingTransport
+from service.writes import CoalescingTransport
 
 
 class Counted:

@@ -29,8 +29,7 @@ class CoalescingTransport:
     def _flush(self) -> None:
         if not self._pending:
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending = []
+        data, self._pending = b"".join(self._pending), []  # one item: joined without a copy
         if not self.inner.is_closing():
             self.inner.write(data)
 

@@ -226,6 +226,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         engine,
         Lifecycle(settings, table, policies, make_api, targets),
         companions,
+        front=partial(InferenceFastPath, specs=specs),
         accelerator=device,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
@@ -234,7 +235,6 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     add_error_handlers(server.app)
     add_offline_docs(server.app)
     add_server_routes(server.app, specs, settings, engine)
-    server.app.add_middleware(InferenceFastPath, specs=specs)
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )

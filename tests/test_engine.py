@@ -321,7 +321,7 @@ def test_another_litserve_version_is_refused_with_the_fix():
 LITSERVE_INTERNALS = re.compile(
     r"litserve\.(loops|transport|utils|specs\.base)|_init_manager|_start_server|_perform_graceful_shutdown"
     r"|_start_worker_monitoring|_inference_workers_config|workers_setup_status|response_buffer"
-    r"|_transport\b|_SENTINEL"
+    r"|_prepare_app_run|_transport\b|_SENTINEL"
 )
 
 

@@ -16,6 +16,8 @@ replaces, through LitServer's private hooks (hence the exact version check below
   already failed in the HTTP processes, which saw its sockets close), counts restarts, gives
   up on a worker that keeps dying before it is ready, stops a retired version's workers once
   its admitted requests are answered, and runs the controller;
+- `_prepare_app_run`: each HTTP process's app is `front` (the inference fast path) over
+  FastAPI's middleware stack, so the hot requests skip FastAPI's own layers;
 - `_perform_graceful_shutdown`: the drain (readiness 503, then every HTTP process stops
   accepting and answers what it has, then the workers stop), bounded by the drain deadline.
 """
@@ -37,6 +39,7 @@ from typing import Protocol
 
 import litserve as ls
 from litserve.utils import WorkerSetupStatus
+from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
@@ -141,11 +144,13 @@ class EngineServer(ls.LitServer):
         engine: Engine,
         controller: Controller | None = None,
         companions: tuple[Companion, ...] = (),
+        front: Callable[[ASGIApp], ASGIApp] | None = None,
         **kwargs,
     ) -> None:
         """`lit_apis`: one per version served from the start, each with its table slot
         (`api.slot`) claimed. `companions`: what else each HTTP process runs for its
-        lifetime, on its event loop (the gRPC server)."""
+        lifetime, on its event loop (the gRPC server). `front`: an ASGI layer that sees each
+        request before FastAPI's middleware stack (error, telemetry and body-limit layers)."""
         super().__init__(lit_apis, **kwargs)
         # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
         # KServe's and Triton's routes instead, so a client meets one convention
@@ -154,6 +159,7 @@ class EngineServer(ls.LitServer):
         self.engine = engine
         self.controller = controller
         self.companions = list(companions)
+        self.front = front
         first = self.litapi_connector.lit_apis[0]
         engine.workers = len(self._inference_workers_config_for_api(first.api_path))
         if engine.workers > MAX_WORKERS:
@@ -253,6 +259,11 @@ class EngineServer(ls.LitServer):
                 await stack.enter_async_context(companion())
             gc.freeze()  # what start-up made lives on: full collections skip it (17 ms a pass)
             yield
+
+    def _prepare_app_run(self, app) -> None:
+        super()._prepare_app_run(app)
+        if self.front is not None:  # Starlette builds the stack at the first request otherwise
+            app.middleware_stack = self.front(app.build_middleware_stack())
 
     def _start_server(self, port, num_servers, log_level, sockets, *args, **kwargs):
         workers = super()._start_server(port, num_servers, log_level, sockets, *args, **kwargs)

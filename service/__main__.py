@@ -7,6 +7,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -80,7 +81,7 @@ def serve(settings: Settings) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             access_log=settings.access_log,
-            http=CoalescingHttpToolsProtocol,
+            http=partial(CoalescingHttpToolsProtocol, poll=server.engine.poll),
             generate_client_file=False,
         )
     except StartupError as e:

@@ -41,6 +41,7 @@ from .table import Slot, State, VersionTable
 from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unpack
 
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
+WATCH_AFTER = 0.01  # seconds a request waits before its client's leaving is watched for
 DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
 Receive = Callable[[], Awaitable[dict]]  # the ASGI receive callable, to notice a disconnect
 
@@ -317,6 +318,7 @@ class Engine:
         self, model: str, link: Link, uid: int, future: asyncio.Future, receive: Receive | None
     ) -> Tensors:
         loop = asyncio.get_running_loop()
+        watch: asyncio.Future | None = None
 
         def expire() -> None:
             if not future.done():
@@ -335,10 +337,16 @@ class Engine:
                 link.cancel(uid)
                 future.set_exception(ClientGone("the client disconnected"))
 
-        timer = loop.call_later(self.request_timeout, expire)
-        watch = asyncio.ensure_future(receive()) if receive is not None else None
-        if watch is not None:
-            watch.add_done_callback(disconnected)
+        def start_watching() -> None:
+            nonlocal watch, timer
+            timer = loop.call_later(self.request_timeout - WATCH_AFTER, expire)
+            if receive is not None:
+                watch = asyncio.ensure_future(receive())
+                watch.add_done_callback(disconnected)
+
+        # One timer per request: most are answered before it fires, and need no task
+        # watching for their client leaving (a disconnect before then is seen when it fires).
+        timer = loop.call_later(min(WATCH_AFTER, self.request_timeout), start_watching)
         try:
             return await future
         finally:

@@ -7,7 +7,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -81,7 +80,7 @@ def serve(settings: Settings) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             access_log=settings.access_log,
-            http=partial(CoalescingHttpToolsProtocol, poll=server.engine.poll),
+            http=CoalescingHttpToolsProtocol,
             generate_client_file=False,
         )
     except StartupError as e:

@@ -205,7 +205,6 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout,
         drain_timeout=settings.drain_timeout,
-        busy_poll=settings.busy_poll_us / 1e6,
     )
     device = resolve_device(settings.device)
     specs = [KServeSpec(served, settings, engine, device) for served in versions.values()]

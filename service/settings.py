@@ -87,15 +87,6 @@ class Settings(BaseSettings):
         ge=0,
         description="the longest a batch may wait to fill, in seconds; unset: the manifest's",
     )
-    busy_poll_us: int = Field(
-        500,
-        ge=0,
-        le=100_000,
-        description="microseconds an HTTP process keeps polling after each write before it "
-        "sleeps, yielding the CPU to any process that wants it (a worker's answer or a "
-        "client's next request often comes by then); 0: sleep at once, where CPU time is "
-        "billed or capped",
-    )
     request_timeout: float = Field(30.0, gt=0, description="seconds before a request answers 504")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies answer 413")
     max_instances: int = Field(1024, ge=1, description="most instances in one request")

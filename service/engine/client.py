@@ -35,7 +35,7 @@ from ..errors import (
     Unavailable,
     for_status,
 )
-from ..writes import BusyPoll, CoalescingTransport
+from ..writes import CoalescingTransport
 from .stats import Stats
 from .table import Slot, State, VersionTable
 from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unpack
@@ -49,8 +49,8 @@ Receive = Callable[[], Awaitable[dict]]  # the ASGI receive callable, to notice 
 class Link(asyncio.Protocol):
     """One connection from this HTTP process to one worker."""
 
-    def __init__(self, model: str, worker_id: int, poll: BusyPoll) -> None:
-        self.model, self.worker_id, self.poll = model, worker_id, poll
+    def __init__(self, model: str, worker_id: int) -> None:
+        self.model, self.worker_id = model, worker_id
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
         self.pending: dict[int, asyncio.Future] = {}
@@ -59,7 +59,7 @@ class Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # the frames of the requests admitted in one turn of the loop leave in one write
-        self.transport = CoalescingTransport(transport, self.poll)  # type: ignore[arg-type]
+        self.transport = CoalescingTransport(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         for answers in self.reader.feed(data):
@@ -99,8 +99,8 @@ class Link(asyncio.Protocol):
 class ModelLinks:
     """This HTTP process's connections to one model's workers, kept up."""
 
-    def __init__(self, token: str, model: str, workers: int, poll: BusyPoll) -> None:
-        self.token, self.model, self.poll = token, model, poll
+    def __init__(self, token: str, model: str, workers: int) -> None:
+        self.token, self.model = token, model
         self.links: list[Link | None] = [None] * workers
         self.keepers: list[asyncio.Task | None] = [None] * workers
 
@@ -123,7 +123,7 @@ class ModelLinks:
             return False
         loop = asyncio.get_running_loop()
         transport, link = await loop.create_unix_connection(
-            lambda: Link(self.model, worker_id, self.poll), sock=sock
+            lambda: Link(self.model, worker_id), sock=sock
         )
         if self.alive(worker_id):  # another task connected meanwhile: keep one connection
             transport.close()
@@ -176,12 +176,7 @@ class ModelLinks:
 
 class Engine:
     def __init__(
-        self,
-        table: VersionTable,
-        max_queue: int,
-        request_timeout: float,
-        drain_timeout: float,
-        busy_poll: float = 0.0,
+        self, table: VersionTable, max_queue: int, request_timeout: float, drain_timeout: float
     ) -> None:
         self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.table = table
@@ -189,7 +184,6 @@ class Engine:
         self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.drain_timeout = drain_timeout
-        self.poll = BusyPoll(busy_poll)  # each HTTP process's loop, after its writes
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
         # [requests in flight per table slot..., requests answered in total]
         self.counts = ctx.Array("q", table.capacity + 1)
@@ -264,7 +258,7 @@ class Engine:
             self._watcher = asyncio.ensure_future(self._watch_drain())
         links = self._local.get(key)
         if links is None:
-            links = self._local[key] = ModelLinks(self.token, key, self.workers, self.poll)
+            links = self._local[key] = ModelLinks(self.token, key, self.workers)
             links.keep()
         return links
 

@@ -37,6 +37,7 @@ from artifacts.runtimes import load_runtime
 from export.pipeline import export_model
 from load_tests.payloads import request_body
 from load_tests.servers import free_port, running, running_service
+from service.host import idle_policy
 from service.settings import MAX_DEFAULT_API_SERVERS
 from training import registry, train_and_save
 from training.checkpoint import CHECKPOINT_NAME
@@ -373,7 +374,8 @@ def machine() -> str:
         platform.processor(),
     )
     return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+        f"{os.cpu_count()} cores ({cpu}), {idle_policy().describe()}, "
+        f"Python {platform.python_version()}, {platform.system()}"
     )
 
 

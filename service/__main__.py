@@ -51,6 +51,7 @@ def serve(settings: Settings) -> int:
 
     from .app import build_server
     from .engine import StartupError
+    from .host import idle_policy
     from .repository import load_models
     from .writes import CoalescingHttpToolsProtocol
 
@@ -68,6 +69,8 @@ def serve(settings: Settings) -> int:
             m.max_batch_size,
             m.batch_timeout,
         )
+    if warning := idle_policy().warning():
+        logger.warning(warning)
     try:
         server = build_server(settings, models)
     except RuntimeError as e:  # e.g. TENSORGATE_DEVICE=cuda where the driver sees no GPU

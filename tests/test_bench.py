@@ -1,10 +1,13 @@
 """A smoke run of the benchmark harness (one model, one server, a second), so it keeps working."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+from service.host import KERNEL_DEFAULT_HALT_POLL_NS, idle_policy
 
 
 @pytest.mark.tools("wrk")
@@ -97,3 +100,29 @@ def test_the_grpc_benchmark_drives_both_protocols_with_one_driver(exported, tmp_
         ("grpc", 1), ("grpc", 4), ("v2-binary", 1), ("v2-binary", 4)}  # fmt: skip
     assert all(r["requests_per_s"] > 10 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows)
     assert "| mlp | 4 |" in out.read_text()
+
+
+@pytest.mark.tools("wrk")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or idle_policy().halt_poll_ns is None,
+    reason="needs root on a KVM guest whose cpuidle driver is haltpoll",
+)
+def test_the_haltpoll_benchmark_compares_the_settings_and_puts_the_machines_back(
+    full_runs, exported, tmp_path
+):
+    own, (runs, _) = idle_policy().halt_poll_ns, full_runs
+    out = tmp_path / "haltpoll.md"
+    command = [sys.executable, "-m", "benchmarks.haltpoll", "--values", "--concurrency", "1",
+               "--rounds", "1", "--duration", "1", "--runs", str(runs), "--repository",
+               str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert idle_policy().halt_poll_ns == own
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert {(r["guest_halt_poll_ns"], r["server"]) for r in rows} == {
+        (ns, s)
+        for ns in {own, KERNEL_DEFAULT_HALT_POLL_NS}
+        for s in ("tensorgate-ort", "naive-async")
+    }
+    assert all(r["rps"] > 10 and r["p50_ms"] > 0 for r in rows)
+    assert f"| {KERNEL_DEFAULT_HALT_POLL_NS:,} | 1 |" in out.read_text()

@@ -16,12 +16,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from artifacts.manifest import read_manifest, versions
-from load_tests.payloads import request_body
 from service.host import HALT_POLL, KERNEL_DEFAULT_HALT_POLL_NS, idle_policy
-from training import registry
 
-from .__main__ import machine, server, wrk
+from .__main__ import bodies, machine, server, wrk
 
 SERVERS = ("tensorgate-ort", "naive-async")
 MODEL = "mlp"
@@ -32,9 +29,7 @@ def set_halt_poll(ns: int) -> None:
 
 
 def measure(args, values: list[int]) -> list[dict]:
-    manifest = read_manifest(args.repository / MODEL / str(versions(args.repository / MODEL)[-1]))
-    x = registry.get(MODEL).dataset().test.x.numpy()[:1]
-    body, headers = request_body("v1", x, "1", manifest)
+    body, headers = bodies(args, MODEL)["v1"]
     samples: dict[tuple[int, str, int], list[tuple[float, float]]] = {}
     with ExitStack() as stack:
         urls = {

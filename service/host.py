@@ -4,8 +4,7 @@ A request crosses processes twice (HTTP process -> inference worker -> HTTP proc
 low concurrency each crossing wakes a process whose CPU has gone idle. On a KVM guest with
 the `haltpoll` cpuidle driver, an idle vCPU polls for up to `guest_halt_poll_ns` before it
 halts; 0 (as on the benchmark's VM) halts at once, so every wake-up is a trip through the
-host. Measured side by side there (docs/benchmarks/haltpoll.md): mlp's p50 at one connection
-is 1.4 x the single-process naive server's with 0, and about 1.0 x with the kernel's default.
+host: docs/benchmarks/haltpoll.md measures what that costs against the naive one-process server.
 """
 
 from pathlib import Path
@@ -32,8 +31,8 @@ class IdlePolicy(NamedTuple):
             return None
         return (
             "this VM's idle vCPUs halt at once (haltpoll guest_halt_poll_ns=0), so each of a "
-            "request's two process hops pays a wake-up through the host: about 0.15 ms more "
-            "p50 at one connection. The kernel's default polls first: echo "
+            "request's two process hops pays a wake-up through the host (0.05-0.25 ms more "
+            "p50 at one connection, measured). The kernel's default polls first: echo "
             f"{KERNEL_DEFAULT_HALT_POLL_NS} > /sys/{HALT_POLL} (docs/production.md)"
         )
 

@@ -15,7 +15,7 @@ import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.client import Engine
-from service.engine.server import LITSERVE_VERSION, check_litserve_version
+from service.engine.lit import LITSERVE_VERSION, check_litserve_version
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
@@ -337,3 +337,14 @@ def test_only_the_engine_reaches_into_litserve():
         if LITSERVE_INTERNALS.search(line)
     ]
     assert offenders == []
+
+
+def test_inside_the_engine_only_lit_imports_litserve():
+    """The version check in lit.py runs before any LitServe name is looked up."""
+    engine = Path(__file__).resolve().parents[1] / "service" / "engine"
+    importers = sorted(
+        path.name
+        for path in engine.glob("*.py")
+        if re.search(r"^\s*(import|from) litserve\b", path.read_text(), re.MULTILINE)
+    )
+    assert importers == ["lit.py"]

@@ -1,4 +1,5 @@
-"""The serving engine: tensorgate's one seam to LitServe's internals (see server.py).
+"""The serving engine: tensorgate's one seam to LitServe (lit.py imports it; server.py
+overrides its private hooks).
 
 Engine        the HTTP side: submit a request, readiness, drain state (client.py)
 EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)
@@ -7,10 +8,9 @@ VersionTable  which versions have workers, shared by every process (table.py)
 LitSpec       LitServe's spec base class, which it keeps in a submodule
 """
 
-from litserve.specs.base import LitSpec
-
 from .client import Engine
-from .server import LITSERVE_VERSION, EngineServer, StartupError
+from .lit import LITSERVE_VERSION, LitSpec
+from .server import EngineServer, StartupError
 from .table import Action, Slot, State, VersionTable
 from .worker import Batcher, WorkerLoop
 

@@ -1,8 +1,8 @@
-"""The LitServer that runs tensorgate's engine: the one place that reaches into LitServe.
+"""The LitServer that runs tensorgate's engine: the one place that overrides LitServer's hooks.
 
 LitServe 0.2.19 still spawns the inference workers (running each LitAPI's `setup` and then
 our loop), forks the uvicorn HTTP processes and owns the FastAPI app. What this class
-replaces, through LitServer's private hooks (hence the exact version check below):
+replaces, through LitServer's private hooks (hence lit.py's exact version check):
 
 - `_init_manager`: no Manager process and no Manager queues; requests travel on sockets
   between each HTTP process and each worker (wire.py), and worker setup states live in
@@ -37,35 +37,21 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import litserve as ls
-from litserve.utils import WorkerSetupStatus
 from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
+from .lit import LitAPI, LitServer, WorkerSetupStatus
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
 
 logger = logging.getLogger(__name__)
 
-LITSERVE_VERSION = "0.2.19"  # the private hooks below are this release's
 START_FAILURES = 3  # a worker dying this many times in a row before it is ready stops the server
 DRAIN_NOTICE = 0.5  # seconds between readiness going 503 and the listeners closing
 SUPERVISE_EVERY = 0.5  # seconds between supervision rounds (a death wakes it at once)
 STOP_WORKERS_WITHIN = 5  # seconds a worker gets after SIGTERM before SIGKILL
-
-
-def check_litserve_version(installed: str = ls.__version__) -> None:
-    if installed != LITSERVE_VERSION:
-        raise ImportError(
-            f"tensorgate's engine was written for litserve {LITSERVE_VERSION}, whose private "
-            f"hooks it overrides; litserve {installed} is installed. "
-            f"Install the tested one: pip install litserve=={LITSERVE_VERSION}"
-        )
-
-
-check_litserve_version()
 
 
 class StartupError(RuntimeError):
@@ -117,7 +103,7 @@ class Controller(Protocol):
 class Placement:
     """One version's inference workers."""
 
-    api: ls.LitAPI
+    api: LitAPI
     processes: list[mp.Process]
     failure: str = ""  # why it could not be loaded; set only while it was loading
     start_failures: list[int] = field(default_factory=list)  # per worker, deaths before ready
@@ -137,10 +123,10 @@ class IdleTransport:
         pass
 
 
-class EngineServer(ls.LitServer):
+class EngineServer(LitServer):
     def __init__(
         self,
-        lit_apis: list[ls.LitAPI],
+        lit_apis: list[LitAPI],
         engine: Engine,
         controller: Controller | None = None,
         companions: tuple[Companion, ...] = (),
@@ -184,18 +170,18 @@ class EngineServer(ls.LitServer):
         self._transport = IdleTransport()
         return None
 
-    def _prepare(self, api: ls.LitAPI) -> None:
+    def _prepare(self, api: LitAPI) -> None:
         """What LitServe knows of a LitAPI before it launches its workers."""
         self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
         self.workers_setup_status.bind(api.api_path.split("/")[-1], api.slot)
         self.engine.stats.reset(api.slot)
 
-    def launch_inference_worker(self, lit_api: ls.LitAPI) -> list[mp.Process]:
+    def launch_inference_worker(self, lit_api: LitAPI) -> list[mp.Process]:
         processes = super().launch_inference_worker(lit_api)
         self.placements[lit_api.slot] = Placement(lit_api, processes, "", [0] * len(processes))
         return processes
 
-    def place(self, api: ls.LitAPI) -> None:
+    def place(self, api: LitAPI) -> None:
         """Start the workers of a version loaded while serving (its slot is LOADING)."""
         api.pre_setup()
         api.loop.pre_setup(api)
@@ -237,11 +223,11 @@ class EngineServer(ls.LitServer):
             time.sleep(0.05)
 
     @staticmethod
-    def _status_key(api: ls.LitAPI, worker_id: int) -> str:
+    def _status_key(api: LitAPI, worker_id: int) -> str:
         return f"{api.api_path.split('/')[-1]}_{worker_id}"
 
     @staticmethod
-    def _failure(api: ls.LitAPI, process: mp.Process, state: str) -> str:
+    def _failure(api: LitAPI, process: mp.Process, state: str) -> str:
         how = "raised in setup" if state == WorkerSetupStatus.ERROR else "died"
         return (
             f"{api.label} could not be loaded: its inference worker {how} "

@@ -20,11 +20,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from litserve.loops.base import LitLoop
-
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
+from .lit import LitLoop
 from .parent import exit_with_parent
 from .stats import Stats
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame, pack, unpack

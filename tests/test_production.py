@@ -341,19 +341,36 @@ def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
         def post():
             return service.post("/v2/models/resnet/infer", data=body, headers=headers)
 
-        with cf.ThreadPoolExecutor(3) as pool:
-            ahead = [pool.submit(post) for _ in range(3)]  # the worker is busy for a while
-            time.sleep(0.3)
+        def in_flight() -> float:
+            return service.metric("tensorgate_inflight_requests", model="resnet")
+
+        def wait_for(condition, what: str) -> None:
+            deadline = time.monotonic() + 10
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.02)
+
+        n_ahead = 6  # the worker is busy for seconds: one request of `big` at a time
+        with cf.ThreadPoolExecutor(n_ahead) as pool:
+            ahead = [pool.submit(post) for _ in range(n_ahead)]
+
+            def admitted() -> float:  # requests admitted so far: in flight or answered
+                return in_flight() + sum(f.done() for f in ahead)
+
+            wait_for(lambda: admitted() >= n_ahead, "the requests ahead were not admitted")
             leaver = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             leaver.request("POST", "/v2/models/resnet/infer", body, headers)
-            time.sleep(0.2)  # its request is queued behind the three
+            # its request is admitted, queued behind those ahead, before its client leaves
+            wait_for(lambda: admitted() > n_ahead, "the leaver's request was not admitted")
             leaver.sock.close()  # the client goes away
             assert all(f.result().status_code == 200 for f in ahead)
-        deadline = time.monotonic() + 10
-        while service.metric("tensorgate_rejections_total", reason="cancelled") < 1:
-            assert time.monotonic() < deadline, "the abandoned request was not cancelled"
-            time.sleep(0.1)
-        assert service.metric("tensorgate_instances_total", model="resnet") - computed == 3 * big
+        wait_for(
+            lambda: service.metric("tensorgate_rejections_total", reason="cancelled") >= 1,
+            "the abandoned request was not cancelled",
+        )
+        assert service.metric("tensorgate_instances_total", model="resnet") - computed == (
+            n_ahead * big
+        )
 
 
 def test_past_the_drain_deadline_what_is_left_answers_503(exported, tmp_path):

@@ -34,7 +34,9 @@ class ModelAPI(ls.LitAPI):
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
             spec=spec,  # the model's KServeSpec for its highest version, else a VersionSpec
-            loop=WorkerLoop(engine.token, model.key, settings.log_level, engine.stats),
+            loop=WorkerLoop(
+                engine.token, model.key, settings.log_level, engine.stats, settings.worker_spin
+            ),
         )
         self.model = model
         self.name = model.key  # the engine's name for this version's workers

@@ -3,6 +3,7 @@ on a real socket, the version table, the LitServe version check, and that no oth
 reaches into LitServe."""
 
 import asyncio
+import os
 import re
 import socket
 import threading
@@ -19,7 +20,7 @@ from service.engine.lit import LITSERVE_VERSION, check_litserve_version
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
-from service.engine.worker import Worker
+from service.engine.worker import SpareCores, Worker
 from service.errors import Retired
 
 # -- the version table ---------------------------------------------------------------------
@@ -307,6 +308,42 @@ def test_each_http_process_gets_its_own_answers(worker):
     b.send(request(0, time.monotonic(), x(1, 5)))
     np.testing.assert_array_equal(a.answers(1)[0].outputs[0], x(1, 6))
     np.testing.assert_array_equal(b.answers(1)[0].outputs[0], x(1, 10))
+
+
+def spinning_worker(spin: float) -> tuple[str, Worker]:
+    addr = f"\0tensorgate-test-{uuid.uuid4().hex}"
+    api = Doubler()
+    return addr, Worker(api, addr, api.stats, worker_id=0, spin=spin)
+
+
+def test_the_spare_cores_are_read_from_the_runnable_tasks():
+    cores = SpareCores()
+    assert cores.cores == len(os.sched_getaffinity(0))
+    assert cores.spare(extra=10**6)
+    cores.cores = 0  # the test itself is runnable: never fewer tasks than that
+    assert not cores.spare()
+
+
+def test_a_spinning_worker_sees_a_request_without_sleeping_and_gives_up_in_time():
+    addr, w = spinning_worker(spin=0.2)
+    w.cores.cores = 10**6  # a core always spare
+    began = time.monotonic()
+    w.spin()  # nothing comes: it polls for its 0.2 s, then the worker would sleep
+    assert 0.2 <= time.monotonic() - began < 2
+    peer = Peer(addr)
+    peer.send(request(7, time.monotonic(), x(1, 4)))
+    w.spin()  # connects and reads within the spin
+    assert [q.request.uid for q in w.queue] == [7]
+    w.run(w.take())
+    np.testing.assert_array_equal(peer.answers(1)[7].outputs[0], x(1, 8))
+
+
+def test_a_worker_does_not_spin_when_no_core_is_spare():
+    _, w = spinning_worker(spin=5.0)
+    w.cores.cores = 0
+    began = time.monotonic()
+    w.spin()
+    assert time.monotonic() - began < 1  # it returns to sleep in epoll instead of for 5 s
 
 
 # -- the one seam ----------------------------------------------------------------------------

@@ -89,6 +89,23 @@ def test_the_torchscript_backend_serves_the_same_answers(exported, tmp_path):
             assert s.metric("tensorgate_model_info", model=name, backend="torchscript") == 1
 
 
+def test_workers_that_poll_between_requests_answer_each_request_in_turn(exported, tmp_path):
+    """TENSORGATE_WORKER_SPIN: requests one after another, each caught while the worker polls
+    (or after it has gone to sleep, past the 10 ms), answer as the model computes them."""
+    with running_service(exported, tmp_path, models="mlp", worker_spin=0.01) as s:
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        input_name, output_name = tensors(exported, "mlp")
+        x = rows("mlp", 6)
+        for i, pause in enumerate((0, 0, 0.05, 0, 0.05, 0)):
+            time.sleep(pause)
+            tensor = httpclient.InferInput(input_name, [1, *x.shape[1:]], "FP32")
+            tensor.set_data_from_numpy(x[i : i + 1])
+            got = client.infer("mlp", [tensor]).as_numpy(output_name)
+            np.testing.assert_allclose(got, direct(exported, "mlp", x[i : i + 1]), atol=1e-5)
+    assert "worker 0 serving" in s.log.read_text()
+    assert "polling 10 ms for each next request" in s.log.read_text()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])

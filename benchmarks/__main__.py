@@ -77,6 +77,30 @@ class Point:
     rps_rounds: list[float] = field(default_factory=list)  # each round's; rps is their median
 
 
+def side_parser(
+    prog: str, out: str, concurrency: list[int], rounds: int, duration: float
+) -> argparse.ArgumentParser:
+    """The arguments the side benchmarks (haltpoll, grpc_vs_http, paired) share."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=concurrency)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--duration", type=float, default=duration)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--bench-repository", type=Path, default=Path("runs/bench-repository"))
+    parser.add_argument("--logs", type=Path, default=Path("runs/bench-logs"))
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
+def write_side_report(out: Path, report: str, rows: list[dict]) -> None:
+    """A side benchmark's report as `out` (markdown) and its rows beside it as JSON."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def medians(rounds: list[list[Point]]) -> list[Point]:
     """One Point per (server, model, concurrency): the median over the rounds (errors summed)."""
     by_key: dict[tuple, list[Point]] = {}

@@ -10,9 +10,7 @@ The driver is Python and shares the machine's cores with the server: at high con
 is part of what is measured, for both protocols alike.
 """
 
-import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -28,6 +26,8 @@ from artifacts.manifest import read_manifest, versions
 from load_tests.payloads import request_body
 from load_tests.servers import running_service
 from training import registry
+
+from .__main__ import side_parser, write_side_report
 
 PROTOCOLS = ("grpc", "v2-binary")
 
@@ -157,22 +157,14 @@ def report(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc_vs_http")
+    parser = side_parser(
+        "python -m benchmarks.grpc_vs_http", "docs/benchmarks/grpc.md", [1, 16, 64], 2, 5.0
+    )
     parser.add_argument("--models", nargs="+", default=["mlp", "resnet-cifar"])
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--bench-repository", type=Path, default=Path("runs/bench-repository"))
-    parser.add_argument("--logs", type=Path, default=Path("runs/bench-logs"))
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/grpc.md"))
     args = parser.parse_args(argv)
     args.logs.mkdir(parents=True, exist_ok=True)
     rows = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(rows, args))
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_side_report(args.out, report(rows, args), rows)
     return 0
 
 

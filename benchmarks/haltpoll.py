@@ -9,8 +9,6 @@ reverses the order), so drift hits every cell alike. The machine's value is put 
 Needs root, wrk and the haltpoll cpuidle driver (a KVM guest; service/host.py reads it).
 """
 
-import argparse
-import json
 import statistics
 import time
 from contextlib import ExitStack
@@ -18,7 +16,7 @@ from pathlib import Path
 
 from service.host import HALT_POLL, KERNEL_DEFAULT_HALT_POLL_NS, idle_policy
 
-from .__main__ import bodies, machine, server, wrk
+from .__main__ import bodies, machine, server, side_parser, write_side_report, wrk
 
 SERVERS = ("tensorgate-ort", "naive-async")
 MODEL = "mlp"
@@ -84,15 +82,10 @@ def report(rows: list[dict], args, values: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.haltpoll")
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4, 16, 64])
+    parser = side_parser(
+        "python -m benchmarks.haltpoll", "docs/benchmarks/haltpoll.md", [1, 2, 4, 16, 64], 6, 2.0
+    )
     parser.add_argument("--values", nargs="*", type=int, default=[1_000_000], help="ns, too")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--duration", type=float, default=2.0)
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
-    parser.add_argument("--logs", type=Path, default=Path("runs/bench-logs"))
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/haltpoll.md"))
     args = parser.parse_args(argv)
     own = idle_policy().halt_poll_ns
     if own is None:
@@ -107,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(args, values)
     finally:
         set_halt_poll(own)
-    args.out.write_text(report(rows, args, values))
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_side_report(args.out, report(rows, args, values), rows)
     return 0
 
 

@@ -103,6 +103,23 @@ def test_the_grpc_benchmark_drives_both_protocols_with_one_driver(exported, tmp_
 
 
 @pytest.mark.tools("wrk")
+def test_the_paired_benchmark_sets_the_setting_on_one_side_only(exported, tmp_path):
+    out = tmp_path / "spin.md"
+    command = [sys.executable, "-m", "benchmarks.paired", "--set", "worker_spin=0.002",
+               "--models", "mlp", "--concurrency", "1", "--rounds", "2", "--duration", "1",
+               "--repository", str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = json.loads(out.with_suffix(".json").read_text())
+    for side in ("default", "changed"):
+        assert len(row[side]["rps_rounds"]) == 2 and row[side]["p50_ms"] > 0
+    assert row["rps_ratio"] > 0
+    assert "`TENSORGATE_WORKER_SPIN=0.002`" in out.read_text()
+    logs = [p.read_text() for p in tmp_path.glob("service-*.log")]
+    assert sum("polling 2 ms for each next request" in log for log in logs) == 1
+
+
+@pytest.mark.tools("wrk")
 @pytest.mark.skipif(
     os.geteuid() != 0 or idle_policy().halt_poll_ns is None,
     reason="needs root on a KVM guest whose cpuidle driver is haltpoll",

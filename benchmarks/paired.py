@@ -1,0 +1,119 @@
+"""tensorgate with its defaults against the same service with settings changed, both up at
+once and driven by wrk in alternating short runs (each round reverses the order), so that the
+machine's drift hits both alike; the ratio is the median of the rounds' paired ratios. For a
+change that moves throughput by a few percent, where `make bench`'s rounds, minutes apart,
+spread by 10-30 % on a shared VM.
+
+    python -m benchmarks.paired [--set worker_spin=0.0005] [--models mlp resnet-cifar]
+        [--concurrency 1 2 4 8 16 64] [--rounds 8] [--duration 2]
+        [--out docs/benchmarks/worker-spin.md]
+
+mlp is driven with V1 JSON, resnet-cifar with V2 binary (as `make bench` reports them).
+"""
+
+import argparse
+import statistics
+import time
+from contextlib import ExitStack
+
+from load_tests.servers import running_service
+
+from .__main__ import (
+    bodies,
+    machine,
+    path,
+    prepare_benchmark_models,
+    repository,
+    side_parser,
+    write_side_report,
+    wrk,
+)
+
+PROTOCOL = {"mlp": "v1", "resnet-cifar": "v2-binary"}
+SIDES = ("default", "changed")
+
+
+def setting(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    if not name or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, e.g. worker_spin=0.0005")
+    return name, value
+
+
+def measure(args, model: str) -> list[dict]:
+    protocol = PROTOCOL[model]
+    body, headers = bodies(args, model)[protocol]
+    settings = {"default": {}, "changed": dict(args.set)}
+    rows = []
+    with ExitStack() as stack:
+        urls = {
+            side: stack.enter_context(
+                running_service(repository(args, model), args.logs, models=model, **kw)
+            ).url
+            + path("tensorgate", protocol, model)
+            for side, kw in settings.items()
+        }
+        for c in args.concurrency:
+            got: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
+            for url in urls.values():
+                wrk(url, body, headers, c, 1)  # warm
+            for n in range(args.rounds):
+                for side in SIDES if n % 2 == 0 else SIDES[::-1]:
+                    rps, p50, _, _ = wrk(urls[side], body, headers, c, args.duration)
+                    got[side].append((rps, p50))
+            ratios = [c_[0] / d[0] for c_, d in zip(got["changed"], got["default"], strict=True)]
+            row = {"model": model, "protocol": protocol, "concurrency": c}
+            for side in SIDES:
+                row[side] = {
+                    "rps": statistics.median(r for r, _ in got[side]),
+                    "p50_ms": statistics.median(p for _, p in got[side]),
+                    "rps_rounds": [r for r, _ in got[side]],
+                }
+            row["rps_ratio"] = statistics.median(ratios)
+            rows.append(row)
+            print(f"{model} c={c}: changed / default {row['rps_ratio']:.3f}", flush=True)
+    return rows
+
+
+def report(rows: list[dict], args) -> str:
+    changed = ", ".join(f"`TENSORGATE_{k.upper()}={v}`" for k, v in args.set)
+    lines = [
+        f"# tensorgate's defaults against {changed}",
+        "",
+        f"`python -m benchmarks.paired`, {time.strftime('%Y-%m-%d')}; {machine()}. Both "
+        f"services up at once; {args.rounds} alternating rounds of {args.duration:g} s per "
+        "cell, wrk sharing the cores. Cells: median req/s (median p50 ms); the ratio is the "
+        "median of the rounds' paired ratios, changed / default.",
+        "",
+        "| model | connections | default | changed | req/s ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        d, c = r["default"], r["changed"]
+        lines.append(
+            f"| {r['model']} {r['protocol']} | {r['concurrency']} | {d['rps']:,.0f} "
+            f"({d['p50_ms']:.3f}) | {c['rps']:,.0f} ({c['p50_ms']:.3f}) | {r['rps_ratio']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = side_parser(
+        "python -m benchmarks.paired",
+        "docs/benchmarks/worker-spin.md",
+        [1, 2, 4, 8, 16, 64],
+        8,
+        2.0,
+    )
+    parser.add_argument("--set", nargs="+", type=setting, default=[("worker_spin", "0.0005")])
+    parser.add_argument("--models", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
+    args = parser.parse_args(argv)
+    args.logs.mkdir(parents=True, exist_ok=True)
+    prepare_benchmark_models(args)
+    rows = [row for model in args.models for row in measure(args, model)]
+    write_side_report(args.out, report(rows, args), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

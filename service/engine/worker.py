@@ -185,7 +185,7 @@ class Worker:
         while a core is spare (TENSORGATE_WORKER_SPIN). A sleeping worker is woken through
         the kernel, on a VM through the host, when a request comes; a polling one sees it at
         once. On a busy machine polling would take a core from the HTTP processes: it does
-        not start unless a core is free, and stops once two tasks wait for one."""
+        not start unless a core is free, and stops once two tasks wait for a core."""
         until = time.monotonic() + self.spin_seconds
         extra = 0  # to start, a core must be spare; once polling, one more task may be runnable
         while self.cores.spare(extra):

@@ -157,8 +157,9 @@ def report(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    out, concurrency = "docs/benchmarks/grpc.md", [1, 16, 64]
     parser = side_parser(
-        "python -m benchmarks.grpc_vs_http", "docs/benchmarks/grpc.md", [1, 16, 64], 2, 5.0
+        "python -m benchmarks.grpc_vs_http", out, concurrency, rounds=2, duration=5.0
     )
     parser.add_argument("--models", nargs="+", default=["mlp", "resnet-cifar"])
     args = parser.parse_args(argv)

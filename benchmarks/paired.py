@@ -98,13 +98,8 @@ def report(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = side_parser(
-        "python -m benchmarks.paired",
-        "docs/benchmarks/worker-spin.md",
-        [1, 2, 4, 8, 16, 64],
-        8,
-        2.0,
-    )
+    out, concurrency = "docs/benchmarks/worker-spin.md", [1, 2, 4, 8, 16, 64]
+    parser = side_parser("python -m benchmarks.paired", out, concurrency, rounds=8, duration=2.0)
     parser.add_argument("--set", nargs="+", type=setting, default=[("worker_spin", "0.0005")])
     parser.add_argument("--models", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
     args = parser.parse_args(argv)

@@ -186,7 +186,8 @@ class Engine:
         self.drain_timeout = drain_timeout
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
         # [requests in flight per table slot..., requests answered in total]
-        self.counts = ctx.Array("q", table.capacity + 1)
+        self.counts = ctx.RawArray("q", table.capacity + 1)
+        self.counts_lock = ctx.Lock()  # one plain lock: a synchronized Array retakes it per item
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(table.capacity)  # Triton's inference statistics
         self._seen = -1  # the table generation this process last read
@@ -237,7 +238,7 @@ class Engine:
             self.stats.request(slot.index, outcome, seconds)
 
     def _admit(self, key: str, index: int) -> None:
-        with self.counts.get_lock():
+        with self.counts_lock:
             if self.counts[index] >= self.max_queue:
                 raise Overloaded(
                     f"model version '{key}' has {self.counts[index]} requests queued or "
@@ -247,7 +248,7 @@ class Engine:
             self.counts[index] += 1
 
     def _release(self, index: int) -> None:
-        with self.counts.get_lock():
+        with self.counts_lock:
             self.counts[index] -= 1
             self.counts[self.table.capacity] += 1
 

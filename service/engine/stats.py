@@ -30,8 +30,10 @@ class Stats:
 
     def __init__(self, capacity: int) -> None:
         ctx = mp.get_context("spawn")  # made before LitServe's processes, so they share it
-        # Written by the HTTP processes, under a lock they alone take.
-        self.requests = ctx.Array("Q", capacity * len(REQUEST_FIELDS))
+        # Written by the HTTP processes, under a lock they alone take (a plain one over raw
+        # cells: a synchronized Array would take it again for every item).
+        self.requests = ctx.RawArray("Q", capacity * len(REQUEST_FIELDS))
+        self.requests_lock = ctx.Lock()
         # Cells per slot and worker, each written by that worker alone and read without a
         # lock: a worker killed while writing holds no lock that would stop the others.
         self.batches = ctx.RawArray("Q", capacity * MAX_WORKERS * len(BATCH_FIELDS))
@@ -39,7 +41,7 @@ class Stats:
     def reset(self, slot: int) -> None:
         """Zero a slot that a new version takes (main process, before its workers start)."""
         width = len(REQUEST_FIELDS)
-        with self.requests.get_lock():
+        with self.requests_lock:
             self.requests[slot * width : (slot + 1) * width] = [0] * width
         width = MAX_WORKERS * len(BATCH_FIELDS)
         self.batches[slot * width : (slot + 1) * width] = [0] * width
@@ -47,7 +49,7 @@ class Stats:
     def request(self, slot: int, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request answered (HTTP side)."""
         base = slot * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
-        with self.requests.get_lock():
+        with self.requests_lock:
             self.requests[base] += 1
             self.requests[base + 1] += int(seconds * 1e9)
 
@@ -65,7 +67,7 @@ class Stats:
         values[base + SLOT["last_inference_ms"]] = int(time.time() * 1000)
 
     def read(self, i: int) -> dict[str, int]:
-        with self.requests.get_lock():
+        with self.requests_lock:
             base = i * len(REQUEST_FIELDS)
             totals = {f: self.requests[base + k] for k, f in enumerate(REQUEST_FIELDS)}
         width = len(BATCH_FIELDS)

@@ -56,7 +56,10 @@ class VersionTable:
         self.models = list(models)
         self.capacity = capacity
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
-        self.cells = ctx.Array("q", capacity * self.WIDTH)
+        # Raw cells and one plain lock: a synchronized Array takes its lock again (in Python)
+        # for every item read, and the HTTP processes read a slot on every request.
+        self.cells = ctx.RawArray("q", capacity * self.WIDTH)
+        self.cells_lock = ctx.Lock()
         self.generation = ctx.RawValue("q", 0)
         n = len(self.models)
         self.unloaded = ctx.RawArray("b", n)  # 1: unloaded through the API; not loaded again
@@ -68,13 +71,13 @@ class VersionTable:
     # -- slots ---------------------------------------------------------------------------
 
     def read(self, index: int) -> Slot:
-        with self.cells.get_lock():
+        with self.cells_lock:
             model, version, state = self.cells[index * self.WIDTH : (index + 1) * self.WIDTH]
         return Slot(index, self.models[model - 1] if model else "", version, State(state))
 
     def slots(self) -> list[Slot]:
         """Every slot in use."""
-        with self.cells.get_lock():
+        with self.cells_lock:
             cells = self.cells[:]
         found = []
         for index in range(self.capacity):
@@ -101,7 +104,7 @@ class VersionTable:
         self._write(index, model, slot.version if model else 0, state)
 
     def _write(self, index: int, model: int, version: int, state: State) -> None:
-        with self.cells.get_lock():
+        with self.cells_lock:
             self.cells[index * self.WIDTH : (index + 1) * self.WIDTH] = [model, version, state]
             self.generation.value += 1
 

@@ -51,7 +51,7 @@ def serve(settings: Settings) -> int:
 
     from .app import build_server
     from .engine import StartupError
-    from .host import idle_policy
+    from .host import idle_policy, usable_cores
     from .repository import load_models
     from .writes import CoalescingHttpToolsProtocol
 
@@ -69,6 +69,11 @@ def serve(settings: Settings) -> int:
             m.max_batch_size,
             m.batch_timeout,
         )
+    logger.info(
+        "%d HTTP processes; this process may use %d cores (its CPU affinity and cgroup quota)",
+        settings.api_servers,
+        usable_cores(),
+    )
     if warning := idle_policy().warning():
         logger.warning(warning)
     try:

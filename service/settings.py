@@ -1,7 +1,6 @@
 """The service's settings: one typed object, from TENSORGATE_* env vars or matching CLI flags
 (`python -m service --help`), validated once at start."""
 
-import os
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -9,6 +8,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from artifacts.manifest import Backend
+
+from .host import usable_cores
 
 # LitServe binds only these (LitServer.run refuses any other host).
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
@@ -70,8 +71,9 @@ class Settings(BaseSettings):
     api_servers: int | None = Field(
         None,
         ge=1,
-        description="HTTP server processes (LitServe's num_api_servers); unset: one per core, "
-        f"at most {MAX_DEFAULT_API_SERVERS}",
+        description="HTTP server processes (LitServe's num_api_servers); unset: one per usable "
+        f"core (the CPU affinity, capped by a container's CPU quota), at most "
+        f"{MAX_DEFAULT_API_SERVERS}",
     )
     threads: int = Field(
         1,
@@ -123,7 +125,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive_defaults(self) -> "Settings":
         if self.api_servers is None:
-            self.api_servers = min(MAX_DEFAULT_API_SERVERS, os.cpu_count() or 1)
+            self.api_servers = min(MAX_DEFAULT_API_SERVERS, usable_cores())
         return self
 
     @field_validator("grpc_port")

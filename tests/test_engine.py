@@ -3,7 +3,6 @@ on a real socket, the version table, the LitServe version check, and that no oth
 reaches into LitServe."""
 
 import asyncio
-import os
 import re
 import socket
 import threading
@@ -22,6 +21,7 @@ from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
 from service.engine.worker import SpareCores, Worker
 from service.errors import Retired
+from service.host import usable_cores
 
 # -- the version table ---------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ def spinning_worker(spin: float) -> tuple[str, Worker]:
 
 def test_the_spare_cores_are_read_from_the_runnable_tasks():
     cores = SpareCores()
-    assert cores.cores == len(os.sched_getaffinity(0))
+    assert cores.cores == usable_cores()  # the affinity, capped by a cgroup quota (test_host.py)
     assert cores.spare(extra=10**6)
     cores.cores = 0  # the test itself is runnable: never fewer tasks than that
     assert not cores.spare()

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..host import usable_cores
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
@@ -95,10 +96,11 @@ class WorkerLoop(LitLoop):
 
 class SpareCores:
     """Whether a core is free right now: the runnable tasks that /proc/loadavg counts (this
-    worker among them) against the cores this process may run on."""
+    worker among them) against the cores this process may use (a container's quota too:
+    polling spends it)."""
 
     def __init__(self) -> None:
-        self.cores = len(os.sched_getaffinity(0))
+        self.cores = usable_cores()
         try:
             self.fd: int | None = os.open("/proc/loadavg", os.O_RDONLY)
         except OSError:  # not Linux: never spin

@@ -45,6 +45,7 @@ from .lit import LitAPI, LitServer, WorkerSetupStatus
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
+from .worker import LISTENING, status_key
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +62,19 @@ class StartupError(RuntimeError):
 class SetupStatus:
     """LitServe's `workers_setup_status` mapping ("{endpoint}_{worker_id}" -> state), kept in
     shared memory instead of a Manager process's dict, with cells for every slot of the
-    version table. A spawned worker gets the endpoints bound when it was started."""
+    version table. A spawned worker gets the endpoints bound when it was started.
+
+    LitServe writes READY once the LitAPI's setup returns, before the loop opens the worker's
+    socket; the loop then writes LISTENING (worker.py). A version takes traffic only once
+    every worker is LISTENING: on READY an HTTP process could not yet connect, and a version
+    loaded while serving answered 503 in that gap."""
 
     STATES = (
         WorkerSetupStatus.STARTING,
         WorkerSetupStatus.READY,
         WorkerSetupStatus.ERROR,
         WorkerSetupStatus.FINISHED,
+        LISTENING,
     )
 
     def __init__(self, capacity: int, workers: int) -> None:
@@ -200,12 +207,12 @@ class EngineServer(LitServer):
             raise StartupError(placement.failure)
         states = []
         for worker_id, process in enumerate(placement.processes):
-            state = self.workers_setup_status[self._status_key(placement.api, worker_id)]
+            state = self.workers_setup_status[status_key(placement.api.api_path, worker_id)]
             if state == WorkerSetupStatus.ERROR or not process.is_alive():
                 placement.failure = self._failure(placement.api, process, state)
                 raise StartupError(placement.failure)
             states.append(state)
-        return all(state == WorkerSetupStatus.READY for state in states)
+        return all(state == LISTENING for state in states)
 
     def verify_worker_status(self) -> None:
         """Return once every worker is ready; raise StartupError naming a model that fails."""
@@ -221,10 +228,6 @@ class EngineServer(LitServer):
                     self.engine.table.set_state(slot, State.SERVING)
                     loading.discard(slot)
             time.sleep(0.05)
-
-    @staticmethod
-    def _status_key(api: LitAPI, worker_id: int) -> str:
-        return f"{api.api_path.split('/')[-1]}_{worker_id}"
 
     @staticmethod
     def _failure(api: LitAPI, process: mp.Process, state: str) -> str:
@@ -311,14 +314,14 @@ class EngineServer(LitServer):
         placement = self.placements[slot]
         api, process = placement.api, placement.processes[worker_id]
         process.join(timeout=1)
-        state = self.workers_setup_status[self._status_key(api, worker_id)]
+        state = self.workers_setup_status[status_key(api.api_path, worker_id)]
         table_state = self.engine.table.read(slot).state
         if table_state == State.LOADING:
             placement.failure = self._failure(api, process, state)  # the controller's to see
             return
         if table_state == State.RETIRING:  # about to stop anyway
             return
-        if state == WorkerSetupStatus.READY:
+        if state == LISTENING:
             placement.start_failures[worker_id] = 0
         else:
             placement.start_failures[worker_id] += 1

@@ -31,6 +31,7 @@ from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address,
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
+LISTENING = "listening"  # a worker's state in workers_setup_status once its socket is open
 POLLS_PER_LOOK = 8  # socket polls (0.6 us each) between looks at the cores (2.4 us) in a spin
 
 
@@ -38,6 +39,7 @@ class Batcher(Protocol):
     """What the loop needs of a LitAPI: its limits and LitServe's batch -> predict -> unbatch."""
 
     name: str  # the engine's name for the workers (a model's version)
+    api_path: str  # LitServe's endpoint; it names the workers in workers_setup_status
     slot: int  # the version's slot in the version table, where its statistics are kept
     model_name: str  # the metrics' model label
     label: str  # "model 'mlp' version 1", for the logs
@@ -69,6 +71,11 @@ class Queued:
         self.peer, self.request = peer, request
 
 
+def status_key(api_path: str, worker_id: int) -> str:
+    """A worker's key in workers_setup_status, as LitServe's inference_worker makes it."""
+    return f"{api_path.split('/')[-1]}_{worker_id}"
+
+
 class WorkerLoop(LitLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
@@ -78,7 +85,17 @@ class WorkerLoop(LitLoop):
         self.spin = spin
         self.parent = os.getpid()  # made in the main process, called in the worker
 
-    def __call__(self, lit_api: Batcher, device: str, worker_id: int, *args, **kwargs) -> None:
+    def __call__(
+        self,
+        lit_api: Batcher,
+        device: str,
+        worker_id: int,
+        request_queue,
+        transport,
+        workers_setup_status: dict[str, str],
+        *args,
+        **kwargs,
+    ) -> None:
         # Ctrl-C reaches the whole process group; the main process stops the workers itself,
         # once the HTTP processes have answered everything they accepted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -88,6 +105,8 @@ class WorkerLoop(LitLoop):
         )
         addr = address(self.token, self.model, worker_id)
         worker = Worker(lit_api, addr, self.stats, worker_id, self.spin)
+        # LitServe said READY before this loop began; the version takes traffic from now on
+        workers_setup_status[status_key(lit_api.api_path, worker_id)] = LISTENING
         gc.freeze()  # the loaded model and imports live on: full collections skip them
         spin = f", polling {self.spin * 1e3:g} ms for each next request" if self.spin else ""
         logger.info("%s: worker %d serving (pid %d)%s", lit_api.label, worker_id, os.getpid(), spin)

@@ -350,7 +350,11 @@ def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
                 assert time.monotonic() < deadline, what
                 time.sleep(0.02)
 
-        n_ahead = 6  # the worker is busy for seconds: one request of `big` at a time
+        # One request of `big` at a time, about 0.2 s each here: the leaver starts once those
+        # ahead are admitted, and must still find a backlog when its client leaves. With 6 it
+        # found none once in a CI run on 2 busy cores (its upload and parse took the ~1 s that
+        # the 5 left ahead needed), and was computed.
+        n_ahead = 12
         with cf.ThreadPoolExecutor(n_ahead) as pool:
             ahead = [pool.submit(post) for _ in range(n_ahead)]
 
@@ -363,6 +367,7 @@ def test_a_request_whose_client_left_is_not_computed(exported, tmp_path):
             # its request is admitted, queued behind those ahead, before its client leaves
             wait_for(lambda: admitted() > n_ahead, "the leaver's request was not admitted")
             leaver.sock.close()  # the client goes away
+            assert not all(f.done() for f in ahead), "no backlog left: the test proves nothing"
             assert all(f.result().status_code == 200 for f in ahead)
         wait_for(
             lambda: service.metric("tensorgate_rejections_total", reason="cancelled") >= 1,

@@ -29,6 +29,12 @@ from litserve.utils import WorkerSetupStatus  # noqa: E402
 LitAPI = ls.LitAPI
 LitServer = ls.LitServer
 
+
+def status_key(api_path: str, worker_id: int) -> str:
+    """A worker's key in workers_setup_status, as 0.2.19's inference_worker makes it."""
+    return f"{api_path.split('/')[-1]}_{worker_id}"
+
+
 __all__ = [
     "LITSERVE_VERSION",
     "LitAPI",
@@ -37,4 +43,5 @@ __all__ = [
     "LitSpec",
     "WorkerSetupStatus",
     "check_litserve_version",
+    "status_key",
 ]

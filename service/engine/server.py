@@ -41,11 +41,11 @@ from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
-from .lit import LitAPI, LitServer, WorkerSetupStatus
+from .lit import LitAPI, LitServer, WorkerSetupStatus, status_key
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
-from .worker import LISTENING, status_key
+from .worker import LISTENING
 
 logger = logging.getLogger(__name__)
 

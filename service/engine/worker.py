@@ -24,7 +24,7 @@ from ..host import usable_cores
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
-from .lit import LitLoop
+from .lit import LitLoop, status_key
 from .parent import exit_with_parent
 from .stats import Stats
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame, pack, unpack
@@ -69,11 +69,6 @@ class Queued:
 
     def __init__(self, peer: Peer, request: Infer) -> None:
         self.peer, self.request = peer, request
-
-
-def status_key(api_path: str, worker_id: int) -> str:
-    """A worker's key in workers_setup_status, as LitServe's inference_worker makes it."""
-    return f"{api_path.split('/')[-1]}_{worker_id}"
 
 
 class WorkerLoop(LitLoop):

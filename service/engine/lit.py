@@ -6,6 +6,8 @@ release's layout, so a different LitServe is refused here, naming the fix, befor
 those names is looked up.
 """
 
+from typing import NamedTuple
+
 import litserve as ls
 
 LITSERVE_VERSION = "0.2.19"
@@ -30,9 +32,32 @@ LitAPI = ls.LitAPI
 LitServer = ls.LitServer
 
 
+class StatusKey(NamedTuple):
+    """A worker's key in workers_setup_status, "{endpoint}_{worker_id}", as 0.2.19's
+    inference_worker makes it; the endpoint is the api_path's last segment."""
+
+    endpoint: str
+    worker_id: int
+
+    @classmethod
+    def of(cls, api_path: str, worker_id: int) -> "StatusKey":
+        return cls(status_endpoint(api_path), worker_id)
+
+    @classmethod
+    def parse(cls, key: str) -> "StatusKey":
+        endpoint, _, worker_id = key.rpartition("_")
+        return cls(endpoint, int(worker_id))
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}_{self.worker_id}"
+
+
+def status_endpoint(api_path: str) -> str:
+    return api_path.split("/")[-1]
+
+
 def status_key(api_path: str, worker_id: int) -> str:
-    """A worker's key in workers_setup_status, as 0.2.19's inference_worker makes it."""
-    return f"{api_path.split('/')[-1]}_{worker_id}"
+    return str(StatusKey.of(api_path, worker_id))
 
 
 __all__ = [
@@ -41,7 +66,9 @@ __all__ = [
     "LitLoop",
     "LitServer",
     "LitSpec",
+    "StatusKey",
     "WorkerSetupStatus",
     "check_litserve_version",
+    "status_endpoint",
     "status_key",
 ]

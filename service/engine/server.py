@@ -41,7 +41,7 @@ from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
-from .lit import LitAPI, LitServer, WorkerSetupStatus, status_key
+from .lit import LitAPI, LitServer, StatusKey, WorkerSetupStatus, status_endpoint, status_key
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
@@ -86,8 +86,8 @@ class SetupStatus:
         self.slots = {e: s for e, s in self.slots.items() if s != slot} | {endpoint: slot}
 
     def _cell(self, key: str) -> int:
-        endpoint, _, worker_id = key.rpartition("_")
-        return self.slots[endpoint] * self.workers + int(worker_id)
+        endpoint, worker_id = StatusKey.parse(key)
+        return self.slots[endpoint] * self.workers + worker_id
 
     def __setitem__(self, key: str, state: str) -> None:
         self.codes[self._cell(key)] = self.STATES.index(state)
@@ -180,7 +180,7 @@ class EngineServer(LitServer):
     def _prepare(self, api: LitAPI) -> None:
         """What LitServe knows of a LitAPI before it launches its workers."""
         self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
-        self.workers_setup_status.bind(api.api_path.split("/")[-1], api.slot)
+        self.workers_setup_status.bind(status_endpoint(api.api_path), api.slot)
         self.engine.stats.reset(api.slot)
 
     def launch_inference_worker(self, lit_api: LitAPI) -> list[mp.Process]:

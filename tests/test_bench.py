@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from benchmarks.report import bars
 from service.host import KERNEL_DEFAULT_HALT_POLL_NS, idle_policy
 
 
@@ -143,3 +144,25 @@ def test_the_haltpoll_benchmark_compares_the_settings_and_puts_the_machines_back
     }
     assert all(r["rps"] > 10 and r["p50_ms"] > 0 for r in rows)
     assert f"| {KERNEL_DEFAULT_HALT_POLL_NS:,} | 1 |" in out.read_text()
+
+
+def test_the_peer_bars_judge_the_default_server_not_the_fastest_tuned_one():
+    def point(server: str, c: int, rps: float, p50: float) -> dict:
+        return {"server": server, "model": "mlp", "concurrency": c, "rps": rps, "p50_ms": p50}
+
+    results = {
+        "points": [
+            point("tensorgate-ort v1", 1, 1000, 0.5),
+            point("tensorgate-ort v1", 64, 6000, 5.0),
+            point("tensorgate-ort-bt0 v1", 1, 2000, 0.3),
+            point("tensorgate-ort-bt0 v1", 64, 9000, 4.0),
+            point("torchserve", 64, 5000, 9.0),
+            point("naive-async", 1, 3000, 0.4),
+        ],
+        "ceiling": [],
+    }
+    rows = {bar: (measured, verdict) for bar, measured, verdict in bars(results)}
+    torchserve = rows["mlp V1 c=64 with the default settings: >= 1.2 x TorchServe"]
+    assert torchserve == ("1.20 x (6,000 / 5,000)", "met")
+    naive = rows["mlp V1 c=1 with the default settings: p50 <= 1.2 x the naive async server's"]
+    assert naive == ("0.50 ms vs 0.40 ms (1.25 x)", "missed")

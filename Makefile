@@ -22,7 +22,7 @@ help:
 	@echo "make train      train every model into $(RUNS)/ (python -m training --help)"
 	@echo "make export     export every model as a new version in $(REPOSITORY)/, training what is missing"
 	@echo "make loadtest   a 30 s locust run with SLO gates against a fresh service (LOADTEST_ARGS=...)"
-	@echo "make bench      the side-by-side benchmark (about 90 minutes; needs wrk) -> docs/benchmarks/"
+	@echo "make bench      the side-by-side benchmark (1.5-3 hours on 2 cores; needs wrk) -> docs/benchmarks/"
 	@echo "make docker     build the images tensorgate:cuda and tensorgate:cpu (needs a Docker engine)"
 	@echo "make image-test build the CPU image with buildah, no Docker engine, and serve from it (root)"
 	@echo "make lint       ruff check and ruff format --check"

@@ -40,10 +40,6 @@ class StatusKey(NamedTuple):
     worker_id: int
 
     @classmethod
-    def of(cls, api_path: str, worker_id: int) -> "StatusKey":
-        return cls(status_endpoint(api_path), worker_id)
-
-    @classmethod
     def parse(cls, key: str) -> "StatusKey":
         endpoint, _, worker_id = key.rpartition("_")
         return cls(endpoint, int(worker_id))
@@ -57,7 +53,7 @@ def status_endpoint(api_path: str) -> str:
 
 
 def status_key(api_path: str, worker_id: int) -> str:
-    return str(StatusKey.of(api_path, worker_id))
+    return str(StatusKey(status_endpoint(api_path), worker_id))
 
 
 __all__ = [

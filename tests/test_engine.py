@@ -15,7 +15,7 @@ import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.client import Engine
-from service.engine.lit import LITSERVE_VERSION, check_litserve_version
+from service.engine.lit import LITSERVE_VERSION, StatusKey, check_litserve_version, status_key
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
@@ -385,3 +385,9 @@ def test_inside_the_engine_only_lit_imports_litserve():
         if re.search(r"^\s*(import|from) litserve\b", path.read_text(), re.MULTILINE)
     )
     assert importers == ["lit.py"]
+
+
+def test_a_workers_status_key_parses_back_even_with_underscores_in_the_endpoint():
+    key = status_key("/v2/models/my_model/versions/slot_3", 12)
+    assert key == "slot_3_12"
+    assert StatusKey.parse(key) == StatusKey("slot_3", 12)

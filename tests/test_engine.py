@@ -15,7 +15,7 @@ import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.client import Engine
-from service.engine.lit import LITSERVE_VERSION, StatusKey, check_litserve_version, status_key
+from service.engine.lit import LITSERVE_VERSION, LitServer, StatusKey, check_litserve_version
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
@@ -387,7 +387,32 @@ def test_inside_the_engine_only_lit_imports_litserve():
     assert importers == ["lit.py"]
 
 
+LITSERVER_PRIVATE = re.compile(
+    r"_init_manager|_start_server|_perform_graceful_shutdown|_start_worker_monitoring"
+    r"|_prepare_app_run|_inference_workers_config|_workers_per_device|_shutdown_event"
+    r"|_transport\b|litapi_request_queues"
+)
+
+
+def test_inside_the_engine_only_lit_names_litservers_private_hooks_and_state():
+    from service.engine.server import EngineServer
+    from service.engine.worker import WorkerLoop
+
+    private = {n for n in dir(LitServer) if n.startswith("_") and not n.startswith("__")}
+    assert private.isdisjoint(vars(EngineServer))
+    assert "__call__" not in vars(WorkerLoop)  # LitServe's positional loop call is lit.py's
+    engine = Path(__file__).resolve().parents[1] / "service" / "engine"
+    offenders = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in sorted(engine.glob("*.py"))
+        if path.name != "lit.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if LITSERVER_PRIVATE.search(line)
+    ]
+    assert offenders == []
+
+
 def test_a_workers_status_key_parses_back_even_with_underscores_in_the_endpoint():
-    key = status_key("/v2/models/my_model/versions/slot_3", 12)
+    key = str(StatusKey.of("/v2/models/my_model/versions/slot_3", 12))
     assert key == "slot_3_12"
     assert StatusKey.parse(key) == StatusKey("slot_3", 12)

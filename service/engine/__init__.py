@@ -1,5 +1,5 @@
-"""The serving engine: tensorgate's one seam to LitServe (lit.py imports it; server.py
-overrides its private hooks).
+"""The serving engine: tensorgate's one seam to LitServe (lit.py imports it and alone names
+its internals; server.py implements the steps lit.py makes of LitServer's private hooks).
 
 Engine        the HTTP side: submit a request, readiness, drain state (client.py)
 EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)

@@ -1,11 +1,22 @@
-"""The engine's one import of LitServe: the version check first, then the names it builds on.
+"""The engine's one seam to LitServe 0.2.19: the version check first, then everything that
+knows this release's internals.
 
-EngineServer (server.py) overrides LitServer's private hooks, WorkerLoop (worker.py) is a
-LitLoop, and LitSpec and WorkerSetupStatus live in LitServe's submodules: all of it is this
-release's layout, so a different LitServe is refused here, naming the fix, before any of
-those names is looked up.
+- `ServerHooks` is LitServer with the private hooks the engine replaces turned into named
+  steps (`setup_status`, `prepare`, `add_api`, `app_built`, `http_started`,
+  `start_supervision`, `drain`); EngineServer (server.py) implements them and names none of
+  LitServer's private methods or attributes;
+- `EngineLoop` takes LitServe's positional call of a LitAPI's loop and hands the engine's
+  loop (worker.py) the api, the worker id and a way to say that its socket listens;
+- `SetupStatus` is LitServe's `workers_setup_status` mapping, its keys and states, kept in
+  shared memory instead of a Manager process's dict; `IdleTransport` stands in for
+  LitServe's response transport.
+
+A different LitServe is refused here, naming the fix, before any of these names is looked up.
 """
 
+import asyncio
+import multiprocessing as mp
+from collections.abc import Callable
 from typing import NamedTuple
 
 import litserve as ls
@@ -32,12 +43,23 @@ LitAPI = ls.LitAPI
 LitServer = ls.LitServer
 
 
+LISTENING = "listening"  # the engine's own state: written once a worker's socket is open
+
+
 class StatusKey(NamedTuple):
     """A worker's key in workers_setup_status, "{endpoint}_{worker_id}", as 0.2.19's
     inference_worker makes it; the endpoint is the api_path's last segment."""
 
     endpoint: str
     worker_id: int
+
+    @staticmethod
+    def endpoint_of(api_path: str) -> str:
+        return api_path.split("/")[-1]
+
+    @classmethod
+    def of(cls, api_path: str, worker_id: int) -> "StatusKey":
+        return cls(cls.endpoint_of(api_path), worker_id)
 
     @classmethod
     def parse(cls, key: str) -> "StatusKey":
@@ -48,23 +70,170 @@ class StatusKey(NamedTuple):
         return f"{self.endpoint}_{self.worker_id}"
 
 
-def status_endpoint(api_path: str) -> str:
-    return api_path.split("/")[-1]
+class SetupStatus:
+    """LitServe's `workers_setup_status` mapping ("{endpoint}_{worker_id}" -> state), kept in
+    shared memory instead of a Manager process's dict, with cells for every slot of the
+    version table. A spawned worker gets the endpoints bound when it was started.
+
+    LitServe writes READY once the LitAPI's setup returns, before the loop opens the worker's
+    socket; the loop then writes LISTENING (EngineLoop). A version takes traffic only once
+    every worker is LISTENING: on READY an HTTP process could not yet connect, and a version
+    loaded while serving answered 503 in that gap."""
+
+    STATES = (
+        WorkerSetupStatus.STARTING,
+        WorkerSetupStatus.READY,
+        WorkerSetupStatus.ERROR,
+        WorkerSetupStatus.FINISHED,
+        LISTENING,
+    )
+
+    def __init__(self, capacity: int, workers: int) -> None:
+        self.workers = workers
+        self.slots: dict[str, int] = {}  # endpoint (a version's key) -> its table slot
+        self.codes = mp.get_context("spawn").Array("b", capacity * workers)
+
+    def bind(self, api_path: str, slot: int) -> None:
+        endpoint = StatusKey.endpoint_of(api_path)
+        self.slots = {e: s for e, s in self.slots.items() if s != slot} | {endpoint: slot}
+
+    def state(self, api_path: str, worker_id: int) -> str:
+        return self[str(StatusKey.of(api_path, worker_id))]
+
+    def _cell(self, key: str) -> int:
+        endpoint, worker_id = StatusKey.parse(key)
+        return self.slots[endpoint] * self.workers + worker_id
+
+    def __setitem__(self, key: str, state: str) -> None:
+        self.codes[self._cell(key)] = self.STATES.index(state)
+
+    def __getitem__(self, key: str) -> str:
+        return self.STATES[self.codes[self._cell(key)]]
 
 
-def status_key(api_path: str, worker_id: int) -> str:
-    return str(StatusKey(status_endpoint(api_path), worker_id))
+class IdleTransport:
+    """LitServe's response reader task still runs in each HTTP process; answers come on the
+    engine's sockets, so it waits here until it is cancelled at shutdown."""
+
+    async def areceive(self, *args, **kwargs) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    def send(self, *args, **kwargs) -> None:
+        raise RuntimeError("tensorgate's workers answer on the engine's sockets")
+
+    def close(self, **kwargs) -> None:
+        pass
+
+
+class EngineLoop(LitLoop):
+    """0.2.19's inference_worker calls a LitAPI's loop as (lit_api, device, worker_id,
+    request_queue, transport, workers_setup_status, callback_runner) once `setup` returned."""
+
+    def __call__(
+        self,
+        lit_api: LitAPI,
+        device: str,
+        worker_id: int,
+        request_queue,
+        transport,
+        workers_setup_status: SetupStatus,
+        *args,
+        **kwargs,
+    ) -> None:
+        def listening() -> None:
+            workers_setup_status[str(StatusKey.of(lit_api.api_path, worker_id))] = LISTENING
+
+        self.serve_worker(lit_api, worker_id, listening)
+
+    def serve_worker(self, lit_api, worker_id: int, listening: Callable[[], None]) -> None:
+        """Serve until the process is stopped; call `listening` once the socket is open."""
+        raise NotImplementedError
+
+
+class ServerHooks(LitServer):
+    """LitServer with the private hooks the engine replaces, each turned into a named step."""
+
+    def _init_manager(self, num_api_servers: int) -> None:
+        # no Manager process and no Manager queues: requests travel on the engine's sockets
+        self.workers_setup_status = self.setup_status()
+        self._shutdown_event = mp.get_context("spawn").Event()
+        for api in self.litapi_connector:
+            self._prepare_api(api)
+        self._transport = IdleTransport()
+        return None
+
+    def _prepare_api(self, api: LitAPI) -> None:
+        self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
+        self.prepare(api)
+
+    def add_api(self, api: LitAPI) -> None:
+        """Start the workers of a LitAPI made while serving, set up as the first one was."""
+        first = self.litapi_connector.lit_apis[0]
+        api.pre_setup()
+        api.loop.pre_setup(api)
+        api.request_timeout = first.request_timeout
+        per_device = self._workers_per_device_by_api_path
+        per_device[api.api_path] = per_device[first.api_path]
+        self._prepare_api(api)
+        self.launch_inference_worker(api)
+
+    def workers_per_api(self) -> int:
+        """Inference workers per LitAPI (every version gets the first one's)."""
+        first = self.litapi_connector.lit_apis[0]
+        return len(self._inference_workers_config_for_api(first.api_path))
+
+    @property
+    def shutdown_event(self):
+        return self._shutdown_event
+
+    def _prepare_app_run(self, app) -> None:
+        super()._prepare_app_run(app)
+        self.app_built(app)
+
+    def _start_server(self, port, num_servers, log_level, sockets, *args, **kwargs):
+        workers = super()._start_server(port, num_servers, log_level, sockets, *args, **kwargs)
+        self.http_started(sockets)
+        return workers
+
+    def _start_worker_monitoring(self, manager, uvicorn_workers: dict) -> None:
+        self.start_supervision(list(uvicorn_workers.values()))
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers: dict, reason="") -> None:
+        self.drain(list(uvicorn_workers.values()))
+
+    # -- the engine's steps (EngineServer) -------------------------------------------------
+
+    def setup_status(self) -> SetupStatus:
+        """The workers' setup states, before any worker starts."""
+        raise NotImplementedError
+
+    def prepare(self, api: LitAPI) -> None:
+        """What the engine knows of a LitAPI before its workers launch."""
+
+    def app_built(self, app) -> None:
+        """Each HTTP process's FastAPI app, once LitServe has added its routes."""
+
+    def http_started(self, sockets: list) -> None:
+        """The HTTP processes are up and hold the listening sockets."""
+
+    def start_supervision(self, http_processes: list[mp.Process]) -> None:
+        """Watch the workers and the HTTP processes (LitServe's own monitor is replaced)."""
+        raise NotImplementedError
+
+    def drain(self, http_processes: list[mp.Process]) -> None:
+        """Stop on a signal or a failure: answer what was accepted, then stop the workers."""
+        raise NotImplementedError
 
 
 __all__ = [
+    "LISTENING",
     "LITSERVE_VERSION",
+    "EngineLoop",
     "LitAPI",
-    "LitLoop",
-    "LitServer",
     "LitSpec",
+    "ServerHooks",
+    "SetupStatus",
     "StatusKey",
     "WorkerSetupStatus",
     "check_litserve_version",
-    "status_endpoint",
-    "status_key",
 ]

@@ -1,28 +1,28 @@
-"""The LitServer that runs tensorgate's engine: the one place that overrides LitServer's hooks.
+"""The LitServer that runs tensorgate's engine: EngineServer implements the steps that
+lit.py's `ServerHooks` makes of LitServer's private hooks, and names none of them itself.
 
 LitServe 0.2.19 still spawns the inference workers (running each LitAPI's `setup` and then
-our loop), forks the uvicorn HTTP processes and owns the FastAPI app. What this class
-replaces, through LitServer's private hooks (hence lit.py's exact version check):
+our loop), forks the uvicorn HTTP processes and owns the FastAPI app. What the engine
+replaces:
 
-- `_init_manager`: no Manager process and no Manager queues; requests travel on sockets
-  between each HTTP process and each worker (wire.py), and worker setup states live in
-  shared memory (`SetupStatus`);
+- `setup_status` and `prepare`: no Manager process and no Manager queues; requests travel on
+  sockets between each HTTP process and each worker (wire.py), and worker setup states live
+  in shared memory (`SetupStatus`);
 - `verify_worker_status`: start-up waits for every worker of every model version, and a
   version that cannot load stops the server with its name (`StartupError`);
 - `launch_inference_worker`: each version's workers are kept as a `Placement` in its slot of
   the version table; `place`, `retire` and `discard` load and unload versions while serving,
   as the service's lifecycle (the `Controller`) decides;
-- `_start_worker_monitoring`: a supervisor that replaces a dead worker (its requests have
-  already failed in the HTTP processes, which saw its sockets close), counts restarts, gives
-  up on a worker that keeps dying before it is ready, stops a retired version's workers once
-  its admitted requests are answered, and runs the controller;
-- `_prepare_app_run`: each HTTP process's app is `front` (the inference fast path) over
-  FastAPI's middleware stack, so the hot requests skip FastAPI's own layers;
-- `_perform_graceful_shutdown`: the drain (readiness 503, then every HTTP process stops
-  accepting and answers what it has, then the workers stop), bounded by the drain deadline.
+- `start_supervision`: a supervisor that replaces a dead worker (its requests have already
+  failed in the HTTP processes, which saw its sockets close), counts restarts, gives up on a
+  worker that keeps dying before it is ready, stops a retired version's workers once its
+  admitted requests are answered, and runs the controller;
+- `app_built`: each HTTP process's app is `front` (the inference fast path) over FastAPI's
+  middleware stack, so the hot requests skip FastAPI's own layers;
+- `drain`: readiness 503, then every HTTP process stops accepting and answers what it has,
+  then the workers stop, bounded by the drain deadline.
 """
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -41,11 +41,10 @@ from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
-from .lit import LitAPI, LitServer, StatusKey, WorkerSetupStatus, status_endpoint, status_key
+from .lit import LISTENING, LitAPI, ServerHooks, SetupStatus, WorkerSetupStatus
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
-from .worker import LISTENING
 
 logger = logging.getLogger(__name__)
 
@@ -57,43 +56,6 @@ STOP_WORKERS_WITHIN = 5  # seconds a worker gets after SIGTERM before SIGKILL
 
 class StartupError(RuntimeError):
     """A model could not be loaded; the message names it."""
-
-
-class SetupStatus:
-    """LitServe's `workers_setup_status` mapping ("{endpoint}_{worker_id}" -> state), kept in
-    shared memory instead of a Manager process's dict, with cells for every slot of the
-    version table. A spawned worker gets the endpoints bound when it was started.
-
-    LitServe writes READY once the LitAPI's setup returns, before the loop opens the worker's
-    socket; the loop then writes LISTENING (worker.py). A version takes traffic only once
-    every worker is LISTENING: on READY an HTTP process could not yet connect, and a version
-    loaded while serving answered 503 in that gap."""
-
-    STATES = (
-        WorkerSetupStatus.STARTING,
-        WorkerSetupStatus.READY,
-        WorkerSetupStatus.ERROR,
-        WorkerSetupStatus.FINISHED,
-        LISTENING,
-    )
-
-    def __init__(self, capacity: int, workers: int) -> None:
-        self.workers = workers
-        self.slots: dict[str, int] = {}  # endpoint (a version's key) -> its table slot
-        self.codes = mp.get_context("spawn").Array("b", capacity * workers)
-
-    def bind(self, endpoint: str, slot: int) -> None:
-        self.slots = {e: s for e, s in self.slots.items() if s != slot} | {endpoint: slot}
-
-    def _cell(self, key: str) -> int:
-        endpoint, worker_id = StatusKey.parse(key)
-        return self.slots[endpoint] * self.workers + worker_id
-
-    def __setitem__(self, key: str, state: str) -> None:
-        self.codes[self._cell(key)] = self.STATES.index(state)
-
-    def __getitem__(self, key: str) -> str:
-        return self.STATES[self.codes[self._cell(key)]]
 
 
 Companion = Callable[[], AbstractAsyncContextManager]
@@ -116,21 +78,7 @@ class Placement:
     start_failures: list[int] = field(default_factory=list)  # per worker, deaths before ready
 
 
-class IdleTransport:
-    """LitServe's response reader task still runs in each HTTP process; answers come on the
-    engine's sockets, so it waits here until it is cancelled at shutdown."""
-
-    async def areceive(self, *args, **kwargs) -> None:
-        await asyncio.get_running_loop().create_future()
-
-    def send(self, *args, **kwargs) -> None:
-        raise RuntimeError("tensorgate's workers answer on the engine's sockets")
-
-    def close(self, **kwargs) -> None:
-        pass
-
-
-class EngineServer(LitServer):
+class EngineServer(ServerHooks):
     def __init__(
         self,
         lit_apis: list[LitAPI],
@@ -153,8 +101,7 @@ class EngineServer(LitServer):
         self.controller = controller
         self.companions = list(companions)
         self.front = front
-        first = self.litapi_connector.lit_apis[0]
-        engine.workers = len(self._inference_workers_config_for_api(first.api_path))
+        engine.workers = self.workers_per_api()
         if engine.workers > MAX_WORKERS:
             raise RuntimeError(
                 f"{engine.workers} inference workers per model version; "
@@ -168,19 +115,11 @@ class EngineServer(LitServer):
 
     # -- start ---------------------------------------------------------------------------
 
-    def _init_manager(self, num_api_servers: int) -> None:
-        table = self.engine.table
-        self.workers_setup_status = SetupStatus(table.capacity, self.engine.workers)
-        self._shutdown_event = mp.get_context("spawn").Event()
-        for api in self.litapi_connector:
-            self._prepare(api)
-        self._transport = IdleTransport()
-        return None
+    def setup_status(self) -> SetupStatus:
+        return SetupStatus(self.engine.table.capacity, self.engine.workers)
 
-    def _prepare(self, api: LitAPI) -> None:
-        """What LitServe knows of a LitAPI before it launches its workers."""
-        self.litapi_request_queues[api.api_path] = None  # the engine's sockets instead
-        self.workers_setup_status.bind(status_endpoint(api.api_path), api.slot)
+    def prepare(self, api: LitAPI) -> None:
+        self.workers_setup_status.bind(api.api_path, api.slot)
         self.engine.stats.reset(api.slot)
 
     def launch_inference_worker(self, lit_api: LitAPI) -> list[mp.Process]:
@@ -190,14 +129,7 @@ class EngineServer(LitServer):
 
     def place(self, api: LitAPI) -> None:
         """Start the workers of a version loaded while serving (its slot is LOADING)."""
-        api.pre_setup()
-        api.loop.pre_setup(api)
-        api.request_timeout = self.litapi_connector.lit_apis[0].request_timeout
-        self._workers_per_device_by_api_path[api.api_path] = self._workers_per_device_by_api_path[
-            self.litapi_connector.lit_apis[0].api_path
-        ]
-        self._prepare(api)
-        self.launch_inference_worker(api)
+        self.add_api(api)
 
     def progress(self, slot: int) -> bool:
         """Whether every worker of a loading version is ready; raise StartupError when one
@@ -207,7 +139,7 @@ class EngineServer(LitServer):
             raise StartupError(placement.failure)
         states = []
         for worker_id, process in enumerate(placement.processes):
-            state = self.workers_setup_status[status_key(placement.api.api_path, worker_id)]
+            state = self.workers_setup_status.state(placement.api.api_path, worker_id)
             if state == WorkerSetupStatus.ERROR or not process.is_alive():
                 placement.failure = self._failure(placement.api, process, state)
                 raise StartupError(placement.failure)
@@ -249,18 +181,15 @@ class EngineServer(LitServer):
             gc.freeze()  # what start-up made lives on: full collections skip it (17 ms a pass)
             yield
 
-    def _prepare_app_run(self, app) -> None:
-        super()._prepare_app_run(app)
+    def app_built(self, app) -> None:
         if self.front is not None:  # Starlette builds the stack at the first request otherwise
             app.middleware_stack = self.front(app.build_middleware_stack())
 
-    def _start_server(self, port, num_servers, log_level, sockets, *args, **kwargs):
-        workers = super()._start_server(port, num_servers, log_level, sockets, *args, **kwargs)
+    def http_started(self, sockets: list) -> None:
         # The HTTP processes hold the listening socket now. Were it left open here too, the
         # kernel would keep queueing connections after they stopped accepting at a drain.
         for sock in sockets:
             sock.close()
-        return workers
 
     def run(self, *args, **kwargs) -> None:
         def interrupt(signum: int, frame) -> None:
@@ -278,12 +207,12 @@ class EngineServer(LitServer):
 
     # -- supervision ---------------------------------------------------------------------
 
-    def _start_worker_monitoring(self, manager, uvicorn_workers: dict) -> None:
-        self.http_processes = list(uvicorn_workers.values())
+    def start_supervision(self, http_processes: list[mp.Process]) -> None:
+        self.http_processes = http_processes
         threading.Thread(target=self._supervise, daemon=True, name="tensorgate-supervisor").start()
 
     def _supervise(self) -> None:
-        while not self._shutdown_event.is_set():
+        while not self.shutdown_event.is_set():
             try:
                 self._supervise_once()
             except Exception:  # supervision must outlive its own bugs
@@ -298,7 +227,7 @@ class EngineServer(LitServer):
         }
         http = {p.sentinel: p for p in self.http_processes}
         dead = mp.connection.wait([*sentinels, *http], timeout=SUPERVISE_EVERY)
-        if self.engine.draining or self._shutdown_event.is_set():
+        if self.engine.draining or self.shutdown_event.is_set():
             return
         for sentinel in dead:
             if sentinel in http:
@@ -314,7 +243,7 @@ class EngineServer(LitServer):
         placement = self.placements[slot]
         api, process = placement.api, placement.processes[worker_id]
         process.join(timeout=1)
-        state = self.workers_setup_status[status_key(api.api_path, worker_id)]
+        state = self.workers_setup_status.state(api.api_path, worker_id)
         table_state = self.engine.table.read(slot).state
         if table_state == State.LOADING:
             placement.failure = self._failure(api, process, state)  # the controller's to see
@@ -369,11 +298,11 @@ class EngineServer(LitServer):
     def _give_up(self, reason: str) -> None:
         logger.error("stopping the server: %s", reason)
         self.exit_reason = reason
-        self._shutdown_event.set()
+        self.shutdown_event.set()
 
     # -- drain ---------------------------------------------------------------------------
 
-    def _perform_graceful_shutdown(self, manager, uvicorn_workers: dict, reason="") -> None:
+    def drain(self, http_processes: list[mp.Process]) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)  # the drain deadline bounds it; no re-entry
         started = time.monotonic()
@@ -385,8 +314,8 @@ class EngineServer(LitServer):
             self.engine.in_flight(),
             self.engine.drain_timeout,
         )
-        self._shutdown_event.set()
-        http = [p for p in uvicorn_workers.values() if p.is_alive()]
+        self.shutdown_event.set()
+        http = [p for p in http_processes if p.is_alive()]
         # Requests arriving on open keep-alive connections now get 503 + Connection: close,
         # before uvicorn closes the idle ones.
         time.sleep(max(DRAIN_NOTICE, 2 * DRAIN_POLL))

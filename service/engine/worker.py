@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,14 +25,13 @@ from ..host import usable_cores
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
-from .lit import LitLoop, status_key
+from .lit import EngineLoop
 from .parent import exit_with_parent
 from .stats import Stats
 from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address, frame, pack, unpack
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
-LISTENING = "listening"  # a worker's state in workers_setup_status once its socket is open
 POLLS_PER_LOOK = 8  # socket polls (0.6 us each) between looks at the cores (2.4 us) in a spin
 
 
@@ -39,7 +39,6 @@ class Batcher(Protocol):
     """What the loop needs of a LitAPI: its limits and LitServe's batch -> predict -> unbatch."""
 
     name: str  # the engine's name for the workers (a model's version)
-    api_path: str  # LitServe's endpoint; it names the workers in workers_setup_status
     slot: int  # the version's slot in the version table, where its statistics are kept
     model_name: str  # the metrics' model label
     label: str  # "model 'mlp' version 1", for the logs
@@ -71,7 +70,7 @@ class Queued:
         self.peer, self.request = peer, request
 
 
-class WorkerLoop(LitLoop):
+class WorkerLoop(EngineLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
     def __init__(self, token: str, model: str, log_level: str, stats: Stats, spin: float) -> None:
@@ -80,17 +79,7 @@ class WorkerLoop(LitLoop):
         self.spin = spin
         self.parent = os.getpid()  # made in the main process, called in the worker
 
-    def __call__(
-        self,
-        lit_api: Batcher,
-        device: str,
-        worker_id: int,
-        request_queue,
-        transport,
-        workers_setup_status: dict[str, str],
-        *args,
-        **kwargs,
-    ) -> None:
+    def serve_worker(self, lit_api: Batcher, worker_id: int, listening: Callable[[], None]) -> None:
         # Ctrl-C reaches the whole process group; the main process stops the workers itself,
         # once the HTTP processes have answered everything they accepted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,8 +89,7 @@ class WorkerLoop(LitLoop):
         )
         addr = address(self.token, self.model, worker_id)
         worker = Worker(lit_api, addr, self.stats, worker_id, self.spin)
-        # LitServe said READY before this loop began; the version takes traffic from now on
-        workers_setup_status[status_key(lit_api.api_path, worker_id)] = LISTENING
+        listening()  # LitServe said READY before this loop began; traffic may come from now on
         gc.freeze()  # the loaded model and imports live on: full collections skip them
         spin = f", polling {self.spin * 1e3:g} ms for each next request" if self.spin else ""
         logger.info("%s: worker %d serving (pid %d)%s", lit_api.label, worker_id, os.getpid(), spin)

@@ -37,7 +37,6 @@ def metrics_dir() -> Iterator[Path]:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(_cli_parse_args=argv if argv is not None else True)
-        settings.policies()  # also reads TENSORGATE_MODELS
     except (ValidationError, ValueError) as e:
         print(f"invalid settings: {e}", file=sys.stderr)
         return 2

@@ -2,13 +2,12 @@
 
 import time
 
-import litserve as ls
 import numpy as np
 
 from artifacts.manifest import TensorSpec
 from artifacts.runtimes import Tensors, load_runtime
 
-from .engine import Engine, LitSpec, WorkerLoop
+from .engine import Engine, LitAPI, LitSpec, WorkerLoop
 from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
 from .repository import ServedModel
 from .settings import Settings
@@ -16,7 +15,7 @@ from .settings import Settings
 WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a few runs
 
 
-class ModelAPI(ls.LitAPI):
+class ModelAPI(LitAPI):
     """The LitServe lifecycle for one served version of a model.
 
     setup: load and warm the runtime (the worker reports ready only after it), timing the
@@ -33,7 +32,7 @@ class ModelAPI(ls.LitAPI):
         super().__init__(
             max_batch_size=model.max_batch_size,
             batch_timeout=model.batch_timeout,
-            spec=spec,  # the model's KServeSpec for its highest version, else a VersionSpec
+            spec=spec,  # the model's ModelRoutes for its highest version, else a VersionSpec
             loop=WorkerLoop(
                 engine.token, model.key, settings.log_level, engine.stats, settings.worker_spin
             ),

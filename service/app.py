@@ -17,28 +17,21 @@ from starlette.routing import Match
 
 from artifacts.runtimes import resolve_device
 
-from . import control
 from .api import ModelAPI
-from .auth import check_api_key
+from .dataplane import SERVER, DataPlane
 from .engine import Action, Engine, EngineServer, VersionTable
-from .errors import (
-    BadRequest,
-    MethodNotAllowed,
-    NotFound,
-    error_response,
-    to_response,
-)
+from .errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from .fastpath import InferenceFastPath
 from .grpc_server import check_port, grpc_server
 from .lifecycle import Lifecycle
 from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
+from .rest import ModelRoutes, VersionSpec, api_path, error_response, to_response
 from .schemas import Error, IndexEntry, TritonStatistics
+from .served import ModelVersions
 from .settings import Settings
-from .spec import KServeSpec, VersionSpec, api_path
 
-SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
 
@@ -49,7 +42,7 @@ def add_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return to_response(exc, request.method, request.url.path)
 
-    for kind in (StarletteHTTPException, RequestValidationError, Exception):
+    for kind in (ServiceError, StarletteHTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, handle)
 
 
@@ -82,15 +75,15 @@ def add_offline_docs(app: FastAPI) -> None:
         )
 
 
-def add_server_routes(
-    app: FastAPI, specs: list[KServeSpec], settings: Settings, engine: Engine
-) -> None:
-    served = sorted(spec.name for spec in specs)
+def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
+    """The server-wide routes, each an adapter over the data plane."""
+    served = sorted(plane.models)
+    engine = plane.engine
 
     def in_flight(name: str) -> int:  # every version's that has workers
         return sum(engine.in_flight(s.key) for s in engine.table.slots() if s.model == name)
 
-    queues = QueueCollector(served, settings.max_queue, in_flight)
+    queues = QueueCollector(served, plane.settings.max_queue, in_flight)
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -105,24 +98,20 @@ def add_server_routes(
 
     @app.get("/v2/health/ready", tags=["health"], responses=unready)
     async def ready() -> Response:
-        if engine.draining:
-            return error_response(503, "not ready: the server is shutting down")
-        not_ready = [spec.name for spec in specs if not await spec.ready()]
-        if not_ready:
-            return error_response(503, f"not ready: {', '.join(not_ready)} loading or restarting")
+        readiness = await plane.server_ready()
+        if not readiness.ready:
+            return error_response(503, readiness.why)
         return JSONResponse({"ready": True})
 
     async def server_metadata(request: Request) -> dict:
-        check_api_key(request, settings.api_key)
-        return SERVER
+        return plane.server_metadata(request.headers)
 
     for path in ("/v2", "/v2/"):  # the OIP spec's path is /v2/; neither redirects
         app.add_api_route(path, server_metadata, methods=["GET"], tags=["metadata"])
 
     async def model_list(request: Request) -> dict:
         """The served models, as KServe's V1 and V2 servers list them."""
-        check_api_key(request, settings.api_key)
-        return {"models": served}
+        return {"models": plane.model_names(request.headers)}
 
     for path in ("/v1/models", "/v2/models"):
         app.add_api_route(path, model_list, methods=["GET"], tags=["metadata"])
@@ -131,18 +120,13 @@ def add_server_routes(
     async def repository_index(request: Request) -> list[dict]:
         """Triton's model repository index: every version in the repository, read now, with
         its state: READY, LOADING (warming up or restarting) or UNAVAILABLE and why."""
-        check_api_key(request, settings.api_key)
+        plane.authorise(request.headers)
         body = await request.body()
         try:
             ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
         except (orjson.JSONDecodeError, AttributeError):
             raise BadRequest('the body must be empty or {"ready": true|false}') from None
-        return await control.index(specs, settings, ready_only)
-
-    async def model_control(request: Request, model: str, action: Action) -> dict:
-        check_api_key(request, settings.api_key)
-        await control.load_or_unload(specs, settings, engine, model, action)
-        return {}
+        return await plane.repository_index(ready_only, request.headers)
 
     refusal = {
         400: {"model": Error, "description": "model control not explicit, or the load failed"}
@@ -150,17 +134,18 @@ def add_server_routes(
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses=refusal)
     async def load(request: Request, model: str) -> dict:
-        return await model_control(request, model, Action.LOAD)
+        await plane.control(model, Action.LOAD, request.headers)
+        return {}
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses=refusal)
     async def unload(request: Request, model: str) -> dict:
-        return await model_control(request, model, Action.UNLOAD)
+        await plane.control(model, Action.UNLOAD, request.headers)
+        return {}
 
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
         """Triton's statistics extension, every model."""
-        check_api_key(request, settings.api_key)
-        return {"model_stats": [entry for spec in specs for entry in spec.stats()]}
+        return {"model_stats": plane.statistics(None, None, request.headers)}
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> Response:
@@ -172,8 +157,7 @@ def add_server_routes(
         if allowed:
             raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         name = model.split(":", 1)[0]
-        if name not in served:
-            raise NotFound(f"unknown model {name!r}; served: {', '.join(served)}")
+        plane.model(name)  # NotFound naming the served models
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -207,7 +191,9 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         drain_timeout=settings.drain_timeout,
     )
     device = resolve_device(settings.device)
-    specs = [KServeSpec(served, settings, engine, device) for served in versions.values()]
+    served = [ModelVersions(group, settings, engine) for group in versions.values()]
+    plane = DataPlane(served, settings, engine, device)
+    specs = [ModelRoutes(m, plane) for m in served]
     routed = {spec.api_path: spec for spec in specs}  # each model's highest version at start
 
     def make_api(model: ServedModel, slot: int) -> ModelAPI:
@@ -215,12 +201,12 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         return ModelAPI(model, settings, engine, spec, slot)
 
     apis = [make_api(m, table.claim(m.name, m.version)) for m in models]
-    policies = {name: served[0].policy for name, served in versions.items()}
-    targets = {name: tuple(m.version for m in served) for name, served in versions.items()}
+    policies = {name: group[0].policy for name, group in versions.items()}
+    targets = {name: tuple(m.version for m in group) for name, group in versions.items()}
     companions = []
     if settings.grpc_port:
         check_port(settings.host, settings.grpc_port)
-        companions.append(partial(grpc_server, specs, settings, engine, SERVER))
+        companions.append(partial(grpc_server, plane))
     server = EngineServer(
         apis,
         engine,
@@ -234,10 +220,10 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     server.app.router.redirect_slashes = False
     add_error_handlers(server.app)
     add_offline_docs(server.app)
-    add_server_routes(server.app, specs, settings, engine)
+    add_server_routes(server.app, plane)
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models
     )
-    signatures = [spec.signature for spec in specs]  # the highest version's at start
+    signatures = [m.signatures[m.at_start.version] for m in served]
     document(server.app, SERVER["name"], SERVER["version"], description, signatures)
     return server

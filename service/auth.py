@@ -4,18 +4,13 @@ or as gRPC metadata (lower-case keys either way)."""
 import hmac
 from collections.abc import Mapping
 
-from fastapi import Request
 from pydantic import SecretStr
 
 from .errors import Unauthorized
 
 
-def check_api_key(request: Request, key: SecretStr | None) -> None:
-    """Pass when no key is configured or the request carries it; compared in constant time."""
-    check_key(request.headers, key)
-
-
 def check_key(headers: Mapping[str, str], key: SecretStr | None) -> None:
+    """Pass when no key is configured or the request carries it; compared in constant time."""
     if key is None:
         return
     given = headers.get("x-api-key")

@@ -1,55 +1,52 @@
-"""Every error a client can cause, with its HTTP status, in one place.
+"""Every error a client can cause, in one place: its HTTP status, its gRPC status code and the
+reason it is counted under. Plain exceptions: the data plane and the engine raise them, and
+each transport maps them to its own answer (rest.py to HTTP, grpc_server.py to gRPC).
 
     ServiceError
-    ├── BadRequest          400  malformed JSON or binary header, wrong shape/dtype/count, NaN/Inf
-    ├── Unauthorized        401  missing or wrong API key
-    ├── NotFound            404  unknown model or version
-    ├── MethodNotAllowed    405  a method the path does not take (Allow lists those it does)
-    ├── PayloadTooLarge     413  body over TENSORGATE_MAX_BODY_BYTES
-    ├── UnsupportedMedia    415  a Content-Encoding the service does not decode
-    ├── ClientGone          499  the client disconnected before its answer (never sent)
-    ├── InferenceFailed     500  the model raised while running a batch
-    ├── Overloaded          503  the model's queue is full (with Retry-After)
-    ├── Unavailable         503  the model's worker died or is (re)starting (with Retry-After)
-    │   └── Retired         503  the version stopped serving after the request chose it
-    ├── ShuttingDown        503  the server is draining (Retry-After, Connection: close)
-    └── Timeout             504  no answer within TENSORGATE_REQUEST_TIMEOUT
+    ├── BadRequest          400  INVALID_ARGUMENT    malformed body, wrong shape/dtype/count, NaN
+    ├── Unauthorized        401  UNAUTHENTICATED     missing or wrong API key
+    ├── NotFound            404  NOT_FOUND           unknown model or version
+    ├── MethodNotAllowed    405  UNIMPLEMENTED       a method the path does not take (see Allow)
+    ├── PayloadTooLarge     413  RESOURCE_EXHAUSTED  body over TENSORGATE_MAX_BODY_BYTES
+    ├── UnsupportedMedia    415  INVALID_ARGUMENT    a Content-Encoding the service does not decode
+    ├── ClientGone          499  CANCELLED           the client left before its answer (never sent)
+    ├── InferenceFailed     500  INTERNAL            the model raised while running a batch
+    ├── Overloaded          503  UNAVAILABLE         the model's queue is full (with Retry-After)
+    │   └── Unavailable     503  UNAVAILABLE         the model's worker died or is (re)starting
+    │       └── Retired     503  UNAVAILABLE         the version stopped after the request chose it
+    ├── ShuttingDown        503  UNAVAILABLE         the server is draining (Connection: close)
+    └── Timeout             504  DEADLINE_EXCEEDED   no answer within TENSORGATE_REQUEST_TIMEOUT
 
-The body is always `{"error": "<what is wrong and what was expected>"}` (the V2 convention).
+Over HTTP the body is always `{"error": "<what is wrong and what was expected>"}` (the V2
+convention); over gRPC the message is the status's details.
 """
 
-import logging
-
-from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger(__name__)
+from collections.abc import Iterator
 
 
-class ServiceError(HTTPException):
+class ServiceError(Exception):
     """An error the client is told about (the docstrings below go into /openapi.json)."""
 
-    status: int = 500
-    reason: str = "inference_error"  # the tensorgate_rejections_total label
+    status: int = 500  # the HTTP status
+    grpc: str = "INTERNAL"  # the name of the grpc.StatusCode
+    reason: str = "inference_error"  # the tensorgate_rejections_total label; unique per class
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status_code=self.status, detail=message, headers=headers)
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}  # HTTP headers the answer carries (Retry-After, Allow...)
 
 
 class BadRequest(ServiceError):
     """Invalid request: malformed body, wrong shape, datatype or count, NaN or Inf."""
 
-    status = 400
-    reason = "bad_request"
+    status, grpc, reason = 400, "INVALID_ARGUMENT", "bad_request"
 
 
 class Unauthorized(ServiceError):
     """API key missing or wrong (when TENSORGATE_API_KEY is set)."""
 
-    status = 401
-    reason = "unauthorized"
+    status, grpc, reason = 401, "UNAUTHENTICATED", "unauthorized"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
@@ -58,15 +55,13 @@ class Unauthorized(ServiceError):
 class NotFound(ServiceError):
     """Unknown model or version."""
 
-    status = 404
-    reason = "not_found"
+    status, grpc, reason = 404, "NOT_FOUND", "not_found"
 
 
 class MethodNotAllowed(ServiceError):
     """The path takes other methods; Allow lists them."""
 
-    status = 405
-    reason = "method_not_allowed"
+    status, grpc, reason = 405, "UNIMPLEMENTED", "method_not_allowed"
 
     def __init__(self, what: str, allowed: list[str]) -> None:
         message = f"{what}: method not allowed; this path takes {', '.join(allowed)}"
@@ -76,36 +71,31 @@ class MethodNotAllowed(ServiceError):
 class PayloadTooLarge(ServiceError):
     """Body over TENSORGATE_MAX_BODY_BYTES."""
 
-    status = 413
-    reason = "too_large"
+    status, grpc, reason = 413, "RESOURCE_EXHAUSTED", "too_large"
 
 
 class UnsupportedMedia(ServiceError):
     """A Content-Encoding other than gzip, deflate or identity."""
 
-    status = 415
-    reason = "unsupported_media"
+    status, grpc, reason = 415, "INVALID_ARGUMENT", "unsupported_media"
 
 
 class ClientGone(ServiceError):
     """The client left before its answer; counted, never sent."""
 
-    status = 499  # nginx's "client closed request": counted, never sent
-    reason = "client_gone"
+    status, grpc, reason = 499, "CANCELLED", "client_gone"  # 499: nginx's "client closed"
 
 
 class InferenceFailed(ServiceError):
     """The model raised while running the batch."""
 
-    status = 500
-    reason = "inference_error"
+    status, grpc, reason = 500, "INTERNAL", "inference_error"
 
 
 class Overloaded(ServiceError):
     """The model's queue is full; Retry-After says when to retry."""
 
-    status = 503
-    reason = "overloaded"
+    status, grpc, reason = 503, "UNAVAILABLE", "overloaded"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})
@@ -127,8 +117,7 @@ class Retired(Unavailable):
 class ShuttingDown(ServiceError):
     """The server is draining."""
 
-    status = 503
-    reason = "shutting_down"
+    status, grpc, reason = 503, "UNAVAILABLE", "shutting_down"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
@@ -137,27 +126,22 @@ class ShuttingDown(ServiceError):
 class Timeout(ServiceError):
     """No answer within TENSORGATE_REQUEST_TIMEOUT."""
 
-    status = 504
-    reason = "timeout"
+    status, grpc, reason = 504, "DEADLINE_EXCEEDED", "timeout"
 
 
-def for_status(status: int, message: str) -> ServiceError:
-    """The error a worker's answer stands for (workers send a status and a message)."""
-    cls = next((c for c in ServiceError.__subclasses__() if c.status == status), InferenceFailed)
+def _all(cls: type[ServiceError]) -> Iterator[type[ServiceError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all(sub)
+
+
+BY_REASON: dict[str, type[ServiceError]] = {cls.reason: cls for cls in _all(ServiceError)}
+
+
+def for_reason(reason: str, message: str) -> ServiceError:
+    """The error a worker's answer stands for (workers send the reason and a message);
+    InferenceFailed for a reason no class has."""
+    cls = BY_REASON.get(reason, InferenceFailed)
+    if cls is MethodNotAllowed:  # takes the allowed methods, which no worker raises
+        return InferenceFailed(message)
     return cls(message)
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def to_response(exc: Exception, method: str, path: str) -> JSONResponse:
-    """What the client gets for an exception, everywhere (FastAPI's handlers, the fast path):
-    an HTTP error's status, message and headers; 400 for FastAPI's own validation; else a
-    logged 500 that names no internals."""
-    if isinstance(exc, StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-    if isinstance(exc, RequestValidationError):
-        return error_response(BadRequest.status, f"invalid request: {exc.errors()}")
-    logger.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(500, "internal server error; the server logged the details")

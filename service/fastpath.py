@@ -1,11 +1,6 @@
 """A shortcut for the hot routes (the inference POSTs) past FastAPI: its middleware stack,
-routing and dependencies.
-
-At 64 connections on mlp, FastAPI and Starlette's per-request machinery (exception and
-exit-stack middleware, the route scan, dependency solving) took about half of the HTTP
-process's CPU, and that process was the bottleneck; FastAPI's outer layers (server-error,
-telemetry and body-limit middleware, each wrapping `send`) took it from 80-91 to 97-118 us
-per request. The hot routes stay registered in FastAPI, so /docs and
+routing and dependencies, which cost a large share of the HTTP process's CPU per small request
+(docs/engine.md has the measurements). The hot routes stay registered in FastAPI, so /docs and
 /openapi.json describe them and every other method or path goes the usual way; this ASGI
 layer sits in front of FastAPI's whole middleware stack (EngineServer's `front`) and answers
 exactly the routes the table marks hot, for any version number (versions come and go while
@@ -21,19 +16,18 @@ from fastapi import Request, Response
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import to_response
+from .rest import ModelRoutes, to_response
 from .routes import MODEL_ROUTES
-from .spec import KServeSpec
 
 Handler = Callable[[Request], Awaitable[Response]]
 HANDLER = "tensorgate.handler"  # the scope key that carries the handler past GZipMiddleware
 
 
 class InferenceFastPath:
-    """ASGI middleware: the hot routes' exact paths go straight to the model's KServeSpec
+    """ASGI middleware: the hot routes' exact paths go straight to the model's ModelRoutes
     handler; anything else to `app`."""
 
-    def __init__(self, app: ASGIApp, specs: list[KServeSpec]) -> None:
+    def __init__(self, app: ASGIApp, specs: list[ModelRoutes]) -> None:
         self.app = app
         self.handlers: dict[tuple[str, str], Handler] = {}
         # method -> (path before the version, path after it, handler): versions come and go

@@ -3,10 +3,11 @@ tritonclient.grpc works unchanged.
 
 It runs in each HTTP server process, on that process's event loop, on TENSORGATE_GRPC_PORT:
 every process binds it with SO_REUSEPORT and the kernel spreads connections among them, as
-it does for the HTTP port. A request takes the same path as an HTTP one: the API key (as
-`authorization: Bearer` or `x-api-key` metadata), the same validation (protocol.Inputs), the
-engine's queues (so gRPC and HTTP requests batch together), the metrics with
-`protocol="grpc"`, and the same errors, as gRPC status codes. On a drain the server stops
+it does for the HTTP port. Each call is an adapter over the data plane (dataplane.py), as an
+HTTP route is: the API key comes as `authorization: Bearer` or `x-api-key` metadata, inputs
+are validated as HTTP's are (protocol.Inputs), requests batch with HTTP's, the metrics say
+`protocol="grpc"` with the gRPC status name as the code, and errors answer with their gRPC
+status (errors.py). On a drain the server stops
 taking calls and lets the ones in flight finish, within TENSORGATE_DRAIN_TIMEOUT.
 
 The messages and the servicer base class are tritonclient's generated code
@@ -24,33 +25,13 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from artifacts.manifest import ARTIFACTS
-from artifacts.runtimes import Tensors
-
-from . import control
-from .auth import check_key
-from .engine import Action, Engine
-from .errors import BadRequest, NotFound, ServiceError, Unavailable
-from .protocol import Inputs, Signature, nbytes, select_outputs
-from .repository import ServedModel
-from .settings import Settings
-from .spec import KServeSpec
-from .triton import model_config
+from .dataplane import DataPlane, Inference
+from .engine import Action
+from .errors import BadRequest, ServiceError
+from .protocol import Decoded, Inputs, Requested, Signature, nbytes, select_outputs
 
 logger = logging.getLogger(__name__)
 
-STATUS = {  # HTTP status -> gRPC status code
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 # Which InferTensorContents field holds each datatype's values (FP16 travels raw only).
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -65,14 +46,14 @@ Handler = Callable[..., Awaitable]
 
 
 def answers(handler: Handler) -> Handler:
-    """A ServiceError becomes the matching gRPC status with its message."""
+    """A ServiceError becomes its gRPC status with its message."""
 
     @wraps(handler)
     async def call(self: "Servicer", request, context: grpc.aio.ServicerContext):
         try:
             return await handler(self, request, context)
         except ServiceError as e:
-            await context.abort(STATUS.get(e.status_code, grpc.StatusCode.UNKNOWN), e.detail)
+            await context.abort(grpc.StatusCode[e.grpc], e.message)
         except Exception:  # as HTTP's 500: logged here, no internals in the answer
             logger.exception("unhandled error in gRPC %s", handler.__name__)
             await context.abort(
@@ -82,20 +63,15 @@ def answers(handler: Handler) -> Handler:
     return call
 
 
+def credentials(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return dict(context.invocation_metadata() or ())
+
+
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(
-        self, specs: list[KServeSpec], settings: Settings, engine: Engine, server: dict
-    ) -> None:
-        self.specs = {spec.name: spec for spec in specs}
-        self.settings, self.engine, self.server = settings, engine, server
+    """Each method decodes the message, calls the data plane and encodes its answer."""
 
-    def _spec(self, name: str) -> KServeSpec:
-        if name not in self.specs:
-            raise NotFound(f"unknown model {name!r}; served: {', '.join(sorted(self.specs))}")
-        return self.specs[name]
-
-    def _authorised(self, context: grpc.aio.ServicerContext) -> None:
-        check_key(dict(context.invocation_metadata() or ()), self.settings.api_key)
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     # -- health and metadata (health is open, like HTTP's) -------------------------------
 
@@ -105,56 +81,35 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @answers
     async def ServerReady(self, request, context):
-        ready = not self.engine.draining and all(
-            [await spec.ready() for spec in self.specs.values()]
-        )
-        return service_pb2.ServerReadyResponse(ready=ready)
+        readiness = await self.plane.server_ready()
+        return service_pb2.ServerReadyResponse(ready=readiness.ready)
 
     @answers
     async def ModelReady(self, request, context):
-        spec = self._spec(request.name)
-        try:
-            model = spec.served(request.version or None)
-        except Unavailable:  # no version serving (unloaded): not ready, as Triton says it
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=await spec.ready(model.version))
+        readiness = await self.plane.model_ready(request.name, request.version or None)
+        return service_pb2.ModelReadyResponse(ready=readiness.ready)
 
     @answers
     async def ServerMetadata(self, request, context):
-        self._authorised(context)
-        return service_pb2.ServerMetadataResponse(
-            name=self.server["name"],
-            version=self.server["version"],
-            extensions=self.server["extensions"],
+        return json_format.ParseDict(
+            self.plane.server_metadata(credentials(context)),
+            service_pb2.ServerMetadataResponse(),
         )
 
     @answers
     async def ModelMetadata(self, request, context):
-        self._authorised(context)
-        spec = self._spec(request.name)
-        model = spec.served(request.version or None)
-
-        def tensors(specs: list) -> list:
-            return [
-                service_pb2.ModelMetadataResponse.TensorMetadata(
-                    name=t.name, datatype=t.datatype, shape=t.shape
-                )
-                for t in specs
-            ]
-
-        return service_pb2.ModelMetadataResponse(
-            name=spec.name,
-            versions=[str(v) for v in spec.versions],
-            platform=ARTIFACTS[model.backend].platform,
-            inputs=tensors(model.manifest.inputs),
-            outputs=tensors(model.manifest.outputs),
+        metadata = self.plane.model_metadata(
+            request.name, request.version or None, credentials(context)
         )
+        return json_format.ParseDict(
+            metadata, service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True
+        )  # "labels" is not in the proto
 
     @answers
     async def ModelConfig(self, request, context):
-        self._authorised(context)
-        spec = self._spec(request.name)
-        config = model_config(spec.served(request.version or None), self.settings, spec.device)
+        config = self.plane.model_config(
+            request.name, request.version or None, credentials(context)
+        )
         # the HTTP config gives each output a "format" too, which the proto has for inputs only
         parsed = json_format.ParseDict(
             config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
@@ -163,13 +118,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @answers
     async def ModelStatistics(self, request, context):
-        self._authorised(context)
-        if request.name:
-            spec = self._spec(request.name)
-            version = request.version
-            entries = spec.version_stats(spec.served(version)) if version else spec.stats()
-        else:
-            entries = [e for spec in self.specs.values() for e in spec.stats()]
+        entries = self.plane.statistics(
+            request.name or None, request.version or None, credentials(context)
+        )
         return json_format.ParseDict(
             {"model_stats": entries}, service_pb2.ModelStatisticsResponse()
         )
@@ -178,47 +129,40 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @answers
     async def RepositoryIndex(self, request, context):
-        self._authorised(context)
-        entries = await control.index(list(self.specs.values()), self.settings, request.ready)
+        entries = await self.plane.repository_index(request.ready, credentials(context))
         return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
 
     @answers
     async def RepositoryModelLoad(self, request, context):
-        await self._control(request.model_name, Action.LOAD, context)
+        await self.plane.control(request.model_name, Action.LOAD, credentials(context))
         return service_pb2.RepositoryModelLoadResponse()
 
     @answers
     async def RepositoryModelUnload(self, request, context):
-        await self._control(request.model_name, Action.UNLOAD, context)
+        await self.plane.control(request.model_name, Action.UNLOAD, credentials(context))
         return service_pb2.RepositoryModelUnloadResponse()
-
-    async def _control(self, model: str, action: Action, context) -> None:
-        self._authorised(context)
-        specs = list(self.specs.values())
-        await control.load_or_unload(specs, self.settings, self.engine, model, action)
 
     # -- inference -----------------------------------------------------------------------
 
     @answers
     async def ModelInfer(self, request, context):
-        spec = self._spec(request.model_name)
-        async with spec.accounted("grpc") as call:
-            self._authorised(context)
+        async def decode(sig: Signature) -> Decoded:
+            return parse(request, sig)
 
-            async def run(model: ServedModel) -> service_pb2.ModelInferResponse:
-                sig = spec.signatures[model.version]
-                outputs = await spec.infer(model, parse(request, sig))
-                return encode(outputs, sig, request)
-
-            version = request.model_version or None
-            response = await spec.on_version(call, version, spec.served(version), run)
-            call.code = 200
-            return response
+        done = await self.plane.infer(
+            request.model_name,
+            request.model_version or None,
+            "grpc",
+            credentials(context),
+            decode,
+        )
+        return encode(done)
 
 
-def parse(request: service_pb2.ModelInferRequest, sig: Signature) -> Tensors:
+def parse(request: service_pb2.ModelInferRequest, sig: Signature) -> Decoded:
     """The request's inputs, raw (`raw_input_contents`, one per input in order, as
-    tritonclient sends them) or typed (`contents`), validated as an HTTP request's are."""
+    tritonclient sends them) or typed (`contents`), validated as an HTTP request's are, and
+    the outputs it asks for (all when it names none), answered raw."""
     if not request.inputs:
         raise BadRequest(f"the request has no inputs; model '{sig.model}' takes {sig.takes()}")
     raw = list(request.raw_input_contents)
@@ -243,20 +187,19 @@ def parse(request: service_pb2.ModelInferRequest, sig: Signature) -> Tensors:
             inputs.from_values(t, shape, values)
         else:
             raise BadRequest(f"input '{t.name}' is {t.datatype}: send it in raw_input_contents")
-    return inputs.done()
-
-
-def encode(
-    outputs: Tensors, sig: Signature, request: service_pb2.ModelInferRequest
-) -> service_pb2.ModelInferResponse:
-    """The requested outputs (all when none is named), each in raw_output_contents."""
     chosen = select_outputs([o.name for o in request.outputs] or None, sig)
+    return Decoded(inputs.done(), request.id, tuple(Requested(i, True) for i in chosen))
+
+
+def encode(done: Inference) -> service_pb2.ModelInferResponse:
+    """The requested outputs, each in raw_output_contents."""
+    sig = done.signature
     response = service_pb2.ModelInferResponse(
-        model_name=sig.model, model_version=str(sig.version), id=request.id
+        model_name=sig.model, model_version=str(sig.version), id=done.request.id or ""
     )
-    for index in chosen:
+    for index, _ in done.request.outputs:
         t = sig.outputs[index]
-        values = np.ascontiguousarray(outputs[index], dtype=t.dtype.newbyteorder("<"))
+        values = np.ascontiguousarray(done.outputs[index], dtype=t.dtype.newbyteorder("<"))
         response.outputs.add(name=t.name, datatype=t.datatype, shape=values.shape)
         response.raw_output_contents.append(values.tobytes())
     return response
@@ -273,10 +216,9 @@ def check_port(host: str, port: int) -> None:
 
 
 @asynccontextmanager
-async def grpc_server(
-    specs: list[KServeSpec], settings: Settings, engine: Engine, server: dict
-) -> AsyncIterator[None]:
+async def grpc_server(plane: DataPlane) -> AsyncIterator[None]:
     """The gRPC server for one HTTP process's lifetime."""
+    settings = plane.settings
     limit = settings.max_body_bytes
     options = [
         ("grpc.so_reuseport", 1),
@@ -284,9 +226,7 @@ async def grpc_server(
         ("grpc.max_send_message_length", -1),
     ]
     aio = grpc.aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        Servicer(specs, settings, engine, server), aio
-    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(plane), aio)
     aio.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await aio.start()
     try:

@@ -22,18 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import litserve as ls
-
 from artifacts.manifest import ManifestError, versions
 
-from .engine import Action, EngineServer, StartupError, State, VersionTable
+from .engine import Action, EngineServer, LitAPI, StartupError, State, VersionTable
 from .metrics import LOAD_FAILURES
 from .repository import ServedModel, describe
 from .settings import Settings, VersionPolicy
 
 logger = logging.getLogger(__name__)
 
-MakeAPI = Callable[[ServedModel, int], ls.LitAPI]  # (version, table slot) -> its LitAPI
+MakeAPI = Callable[[ServedModel, int], LitAPI]  # (version, table slot) -> its LitAPI
 
 
 def stamp(folder: Path) -> int:

@@ -78,10 +78,13 @@ class Requested(NamedTuple):
 
 
 @dataclass(frozen=True)
-class V2Request:
+class Decoded:
+    """An inference request, validated against one version's signature, whatever its
+    protocol."""
+
     inputs: Tensors  # one array per input, in the signature's order
-    id: str | None  # echoed in the response
-    outputs: tuple[Requested, ...]  # what to answer with, in order
+    id: str | None = None  # echoed in the response (V2, gRPC)
+    outputs: tuple[Requested, ...] = ()  # what to answer with, in order (V2, gRPC)
 
 
 def _json(body: bytes, what: str) -> dict:
@@ -355,14 +358,14 @@ def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:
     return tuple(chosen)
 
 
-def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> V2Request:
+def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> Decoded:
     length = _header_length(body, header_length)
     doc = _json(body[:length], "inference header")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
     inputs = _inputs(doc, sig, memoryview(body)[length:])
-    return V2Request(inputs=inputs, id=request_id, outputs=_requested(doc, sig))
+    return Decoded(inputs=inputs, id=request_id, outputs=_requested(doc, sig))
 
 
 def _dumps(doc: dict) -> bytes:
@@ -389,7 +392,7 @@ def encode_v1(outputs: Tensors, sig: Signature) -> bytes:
     return _dumps({"predictions": predictions})
 
 
-def encode_v2(outputs: Tensors, sig: Signature, request: V2Request) -> tuple[bytes, dict]:
+def encode_v2(outputs: Tensors, sig: Signature, request: Decoded) -> tuple[bytes, dict]:
     """The V2 response body and its extra headers (the binary header length, when binary)."""
     encoded, raw = [], []
     for index, binary in request.outputs:

@@ -12,6 +12,7 @@ from artifacts.manifest import (
     versions,
 )
 
+from .engine.table import version_key
 from .settings import Settings, VersionPolicy
 
 
@@ -30,18 +31,11 @@ class ServedModel:
 
     @property
     def key(self) -> str:
-        """The engine's and LitServe's name for this version's workers."""
-        return f"{self.name}:{self.version}"
+        return version_key(self.name, self.version)
 
     @property
     def artifact(self) -> Path:
         return self.path / self.manifest.artifact(self.backend).path
-
-
-def policy_of(settings: Settings, name: str) -> VersionPolicy:
-    """The model's version policy: TENSORGATE_VERSION_POLICY's or TENSORGATE_MODELS' pin,
-    else its latest version."""
-    return settings.policies().get(name, VersionPolicy("latest"))
 
 
 def _select(repository: Path, name: str, policy: VersionPolicy) -> tuple[int, ...]:
@@ -69,14 +63,13 @@ def load_models(settings: Settings) -> list[ServedModel]:
     repository = settings.repository
     if not repository.is_dir():
         raise ManifestError(f"model repository {repository} does not exist (make export makes it)")
-    pinned = settings.pinned_models()
+    pinned = settings.pinned
     if pinned is None:
         names = sorted(p.name for p in repository.iterdir() if p.is_dir() and p.name[0] != ".")
         pinned = dict.fromkeys(names)
     if not pinned:
         raise ManifestError(f"model repository {repository} holds no models")
-    policies = settings.policies()
-    unknown = sorted(set(policies) - set(pinned))
+    unknown = sorted(set(settings.policies) - set(pinned))
     if unknown:
         raise ManifestError(
             f"TENSORGATE_VERSION_POLICY names {', '.join(unknown)}, which is not served "
@@ -85,7 +78,7 @@ def load_models(settings: Settings) -> list[ServedModel]:
 
     served = []
     for name in pinned:
-        policy = policy_of(settings, name)
+        policy = settings.policy(name)
         served += [describe(settings, name, v, policy) for v in _select(repository, name, policy)]
     return served
 

@@ -4,7 +4,7 @@
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from artifacts.manifest import Backend
@@ -13,8 +13,8 @@ from .host import usable_cores
 
 # LitServe binds only these (LitServer.run refuses any other host).
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
-# Small requests are bound by the HTTP processes' Python: on 2 cores, mlp at 64 connections
-# served 2,727 requests/s with one and 3,441 with two. Past a few, the workers need the cores.
+# Small requests are bound by the HTTP processes' Python, so more of them serve more
+# (docs/benchmarks/history.md has the figures); past a few, the workers need the cores.
 MAX_DEFAULT_API_SERVERS = 4
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the main process's and the workers' logs
 
@@ -30,6 +30,8 @@ class Settings(BaseSettings):
         cli_hide_none_type=True,
         extra="forbid",
     )
+    _pinned: dict[str, int | None] | None = PrivateAttr(None)
+    _policies: dict[str, "VersionPolicy"] = PrivateAttr(default_factory=dict)
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
     port: int = Field(8000, ge=1024, le=65535, description="port to listen on")
@@ -142,33 +144,55 @@ class Settings(BaseSettings):
             raise ValueError(f"host {host!r} is not one LitServe binds; use one of {HOSTS}")
         return host
 
-    def pinned_models(self) -> dict[str, int | None] | None:
-        """TENSORGATE_MODELS as {name: pinned version or None}; None when unset (serve all)."""
-        if not self.models:
-            return None
-        pinned: dict[str, int | None] = {}
-        for item in filter(None, (part.strip() for part in self.models.split(","))):
-            name, _, version = item.partition(":")
-            if version and not version.isdigit():
-                raise ValueError(f"TENSORGATE_MODELS entry {item!r}: version must be a number")
-            pinned[name] = int(version) if version else None
-        return pinned
+    @model_validator(mode="after")
+    def _parse_model_choice(self) -> "Settings":
+        """TENSORGATE_MODELS and TENSORGATE_VERSION_POLICY, parsed once, here: the typed
+        values are `pinned` and `policies`."""
+        self._pinned = _pinned(self.models)
+        self._policies = _policies(self.version_policy, self._pinned or {})
+        return self
 
+    @property
+    def pinned(self) -> dict[str, int | None] | None:
+        """TENSORGATE_MODELS as {name: pinned version or None}; None when unset (serve all)."""
+        return self._pinned
+
+    @property
     def policies(self) -> dict[str, "VersionPolicy"]:
-        """TENSORGATE_VERSION_POLICY as {name: policy}; models not named serve their latest."""
-        found: dict[str, VersionPolicy] = {}
-        for item in filter(None, (part.strip() for part in (self.version_policy or "").split(","))):
-            name, kind, *args = item.split(":")
-            found[name] = VersionPolicy.parse(kind, args, item)
-        for name, pin in (self.pinned_models() or {}).items():
-            if pin is not None and name in found:
-                raise ValueError(
-                    f"model {name!r} is pinned in TENSORGATE_MODELS and has a "
-                    "TENSORGATE_VERSION_POLICY: give one of them"
-                )
-            if pin is not None:
-                found[name] = VersionPolicy("specific", (pin,))
-        return found
+        """Each named model's version policy (TENSORGATE_VERSION_POLICY, or a pin in
+        TENSORGATE_MODELS); a model not named serves its latest version."""
+        return self._policies
+
+    def policy(self, model: str) -> "VersionPolicy":
+        return self._policies.get(model, VersionPolicy("latest"))
+
+
+def _pinned(models: str | None) -> dict[str, int | None] | None:
+    if not models:
+        return None
+    pinned: dict[str, int | None] = {}
+    for item in filter(None, (part.strip() for part in models.split(","))):
+        name, _, version = item.partition(":")
+        if version and not (version.isascii() and version.isdigit()):
+            raise ValueError(f"TENSORGATE_MODELS entry {item!r}: version must be a number")
+        pinned[name] = int(version) if version else None
+    return pinned
+
+
+def _policies(version_policy: str | None, pinned: dict[str, int | None]) -> dict:
+    found: dict[str, VersionPolicy] = {}
+    for item in filter(None, (part.strip() for part in (version_policy or "").split(","))):
+        name, kind, *args = item.split(":")
+        found[name] = VersionPolicy.parse(kind, args, item)
+    for name, pin in pinned.items():
+        if pin is not None and name in found:
+            raise ValueError(
+                f"model {name!r} is pinned in TENSORGATE_MODELS and has a "
+                "TENSORGATE_VERSION_POLICY: give one of them"
+            )
+        if pin is not None:
+            found[name] = VersionPolicy("specific", (pin,))
+    return found
 
 
 class VersionPolicy(NamedTuple):

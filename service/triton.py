@@ -5,16 +5,13 @@ perf_analyzer, model-analyzer and tritonclient read) and the model repository in
 call)."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
 from .engine import Slot, State
 from .repository import ServedModel
+from .served import ModelVersions
 from .settings import Settings
-
-if TYPE_CHECKING:  # spec.py imports this module
-    from .spec import KServeSpec
 
 
 def _tensor(spec: TensorSpec) -> dict:
@@ -52,41 +49,40 @@ def model_config(model: ServedModel, settings: Settings, device: str) -> dict:
     }
 
 
-async def index_entries(spec: "KServeSpec", settings: Settings) -> list[dict]:
+async def index_entries(model: ModelVersions, settings: Settings) -> list[dict]:
     """A served model's versions, in the repository or still with workers, each with its
     state (READY, LOADING or UNAVAILABLE) and why."""
-    spec.refresh()
-    table = spec.engine.table
-    slots = {s.version: s for s in table.slots() if s.model == spec.name}
-    on_disk = tuple(versions(settings.repository / spec.name))
+    model.refresh()
+    slots = model.slots()
+    on_disk = tuple(versions(settings.repository / model.name))
     entries = []
     for version in sorted(set(on_disk) | set(slots)):
-        state, reason = await _state(spec, settings, version, slots.get(version), on_disk)
+        state, reason = await _state(model, settings, version, slots.get(version), on_disk)
         entries.append(
-            {"name": spec.name, "version": str(version), "state": state, "reason": reason}
+            {"name": model.name, "version": str(version), "state": state, "reason": reason}
         )
     return entries
 
 
 async def _state(
-    spec: "KServeSpec", settings: Settings, version: int, slot: Slot | None, on_disk: tuple
+    model: ModelVersions, settings: Settings, version: int, slot: Slot | None, on_disk: tuple
 ) -> tuple[str, str]:
     if slot is not None and slot.state == State.SERVING:
-        if await spec.ready(version):
+        if await model.ready(version):
             return "READY", ""
         return "LOADING", "restarting a worker"
     if slot is not None and slot.state == State.LOADING:
         return "LOADING", "verified; loading and warming up"
     if slot is not None:
         return "UNAVAILABLE", "unloading: answering the requests it admitted"
-    failed, failure = spec.engine.table.failure(spec.name)
-    if spec.engine.table.is_unloaded(spec.name):
+    failed, failure = model.failure()
+    if model.is_unloaded():
         return "UNAVAILABLE", "unloaded"
     if failed == version:
         return "UNAVAILABLE", f"failed to load: {failure}"
-    if version not in spec.policy.select(on_disk):
+    if version not in model.policy.select(on_disk):
         return "UNAVAILABLE", "not served by the version policy (TENSORGATE_VERSION_POLICY)"
-    return "UNAVAILABLE", NOT_LOADED[settings.model_control].format(model=spec.name)
+    return "UNAVAILABLE", NOT_LOADED[settings.model_control].format(model=model.name)
 
 
 NOT_LOADED = {  # why a version the policy picks has no workers, by model control mode

@@ -1,6 +1,7 @@
-"""Imports follow the data (DESIGN.md): training -> export -> service, with the artifact
+"""Imports follow the data (docs/layout.md): training -> export -> service, with the artifact
 layer shared by export and service and importing neither; the load tests speak HTTP and
-read the repository. Read from each module's syntax tree, so a lazy import counts too."""
+read the repository; the serving engine knows arrays and processes, not the web framework.
+Read from each module's syntax tree, so a lazy import counts too."""
 
 import ast
 from pathlib import Path
@@ -47,3 +48,37 @@ def test_torch_is_imported_on_the_serving_path_only_inside_the_torchscript_runti
     """The HTTP processes and ONNX Runtime workers do without torch's ~180 MB."""
     for f in [*(ROOT / "service").rglob("*.py"), *(ROOT / "artifacts").rglob("*.py")]:
         assert "torch" not in imported(f, top_level_only=True), f
+
+
+WEB = {"fastapi", "starlette"}
+
+
+def service_imports(path: Path) -> set[Path]:
+    """The service's own modules a file imports relatively (`from ..errors import ...`)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            parts = (node.module or "").split(".")
+            target = base.joinpath(*parts) if node.module else base
+            candidates = [target.with_suffix(".py"), target / "__init__.py"]
+            if not node.module:  # `from . import x`: x is a module
+                candidates = [base / f"{a.name}.py" for a in node.names]
+            found |= {c for c in candidates if c.exists()}
+    return found
+
+
+def test_the_engine_and_every_service_module_it_imports_import_no_web_framework():
+    """Followed through relative imports. (LitServe, which lit.py imports, is built on
+    FastAPI itself: the engine's own code is what stays free of it.)"""
+    engine = ROOT / "service" / "engine"
+    seen, todo = set(), set(engine.glob("*.py"))
+    while todo:
+        path = todo.pop()
+        seen.add(path)
+        todo |= service_imports(path) - seen
+    assert ROOT / "service" / "errors.py" in seen  # the walk follows relative imports
+    wrong = {str(p.relative_to(ROOT)): sorted(imported(p) & WEB) for p in seen if imported(p) & WEB}
+    assert not wrong, wrong

@@ -67,7 +67,7 @@ def test_a_manifest_in_the_wrong_folder_is_refused(two_versions):
 
 def test_a_pinned_version_must_be_a_number():
     with pytest.raises(ValueError, match="version must be a number"):
-        Settings(models="mlp:latest").pinned_models()
+        Settings(models="mlp:latest")
 
 
 def test_a_batch_timeout_beyond_the_request_timeout_is_refused(two_versions):
@@ -107,7 +107,7 @@ def test_the_version_policy_chooses_the_versions_served_side_by_side(
 )
 def test_a_bad_version_policy_is_refused_with_the_forms_it_takes(settings, says):
     with pytest.raises(ValueError, match=says):
-        Settings(**settings).policies()
+        Settings(**settings)
 
 
 def test_a_policy_for_a_version_or_model_not_there_is_refused_by_name(two_versions):

@@ -1,13 +1,21 @@
 """The route table (service/routes.py): every route has a handler, and the hot routes are
 exactly the inference POSTs."""
 
+import inspect
+
+from service.rest import ModelRoutes
 from service.routes import MODEL_ROUTES
-from service.spec import KServeSpec
 
 
-def test_every_route_names_a_handler_of_the_spec():
+def test_every_route_names_a_coroutine_of_the_http_adapter_taking_the_paths_parameters():
     for route in MODEL_ROUTES:
-        assert callable(getattr(KServeSpec, route.handler)), route
+        handler = getattr(ModelRoutes, route.handler)
+        assert inspect.iscoroutinefunction(handler), route
+        parameters = list(inspect.signature(handler).parameters)
+        # FastAPI fills {version} from the path; {model} is fixed per ModelRoutes
+        assert parameters[:2] == ["self", "request"], route
+        if "{version}" in route.path:
+            assert "version" in parameters, route
 
 
 def test_the_hot_routes_are_the_inference_posts():

@@ -18,7 +18,7 @@ class ModelSpec:
     config: type[TrainConfig]  # the model's hyper-parameters; Model(config) needs nothing else
     module: Callable[..., nn.Module]  # the model class, called with one config
     dataset: Callable[[], data.Dataset]  # its bundled data set, split
-    accuracy_bar: float  # held-out accuracy a full training run must reach (DESIGN.md)
+    accuracy_bar: float  # held-out accuracy a full training run must reach (docs/training.md)
 
 
 # The served classifiers: `all` in the CLIs, `make serve`, the tests.

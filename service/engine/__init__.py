@@ -5,13 +5,13 @@ Engine        the HTTP side: submit a request, readiness, drain state (client.py
 EngineServer  the LitServer with the engine's queues, supervision and drain (server.py)
 WorkerLoop    the inference worker's loop, with the batching policy (worker.py)
 VersionTable  which versions have workers, shared by every process (table.py)
-LitSpec       LitServe's spec base class, which it keeps in a submodule
+LitAPI, LitSpec  LitServe's public base classes, from its one import
 """
 
-from .client import Engine
-from .lit import LITSERVE_VERSION, LitSpec
+from .client import Engine, Gone
+from .lit import LITSERVE_VERSION, LitAPI, LitSpec
 from .server import EngineServer, StartupError
-from .table import Action, Slot, State, VersionTable
+from .table import Action, Slot, State, VersionTable, version_key
 from .worker import Batcher, WorkerLoop
 
 __all__ = [
@@ -20,10 +20,13 @@ __all__ = [
     "Batcher",
     "Engine",
     "EngineServer",
+    "Gone",
+    "LitAPI",
     "LitSpec",
     "Slot",
     "StartupError",
     "State",
     "VersionTable",
     "WorkerLoop",
+    "version_key",
 ]

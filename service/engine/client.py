@@ -33,7 +33,7 @@ from ..errors import (
     ShuttingDown,
     Timeout,
     Unavailable,
-    for_status,
+    for_reason,
 )
 from ..writes import CoalescingTransport
 from .stats import Stats
@@ -43,7 +43,7 @@ from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unp
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)starting
 WATCH_AFTER = 0.01  # seconds a request waits before its client's leaving is watched for
 DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
-Receive = Callable[[], Awaitable[dict]]  # the ASGI receive callable, to notice a disconnect
+Gone = Callable[[], Awaitable[object]]  # returns once the request's client has left
 
 
 class Link(asyncio.Protocol):
@@ -70,7 +70,7 @@ class Link(asyncio.Protocol):
                 if answer.failure is None:
                     future.set_result(unpack(answer.outputs))
                 else:
-                    future.set_exception(for_status(*answer.failure))
+                    future.set_exception(for_reason(*answer.failure))
 
     def connection_lost(self, exc: Exception | None) -> None:
         died = Unavailable(
@@ -284,7 +284,7 @@ class Engine:
             return False
         return await self._links(key).ready()
 
-    async def submit(self, key: str, inputs: Tensors, receive: Receive | None = None) -> Tensors:
+    async def submit(self, key: str, inputs: Tensors, gone: Gone | None = None) -> Tensors:
         """The model version's outputs for `inputs` (each batch first), batched with other
         requests.
 
@@ -305,12 +305,12 @@ class Engine:
                 raise Retired(f"model version '{key}' stopped serving")
             link = await self._links(key).pick()
             uid, future = link.send(inputs)
-            return await self._wait(key, link, uid, future, receive)
+            return await self._wait(key, link, uid, future, gone)
         finally:
             self._release(slot.index)
 
     async def _wait(
-        self, model: str, link: Link, uid: int, future: asyncio.Future, receive: Receive | None
+        self, model: str, link: Link, uid: int, future: asyncio.Future, gone: Gone | None
     ) -> Tensors:
         loop = asyncio.get_running_loop()
         watch: asyncio.Future | None = None
@@ -328,15 +328,14 @@ class Engine:
         def disconnected(watch: asyncio.Future) -> None:
             if watch.cancelled() or future.done() or watch.exception() is not None:
                 return
-            if watch.result().get("type") == "http.disconnect":
-                link.cancel(uid)
-                future.set_exception(ClientGone("the client disconnected"))
+            link.cancel(uid)
+            future.set_exception(ClientGone("the client disconnected"))
 
         def start_watching() -> None:
             nonlocal watch, timer
             timer = loop.call_later(self.request_timeout - WATCH_AFTER, expire)
-            if receive is not None:
-                watch = asyncio.ensure_future(receive())
+            if gone is not None:
+                watch = asyncio.ensure_future(gone())
                 watch.add_done_callback(disconnected)
 
         # One timer per request: most are answered before it fires, and need no task

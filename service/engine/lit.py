@@ -1,10 +1,12 @@
 """The engine's one seam to LitServe 0.2.19: the version check first, then everything that
 knows this release's internals.
 
-- `ServerHooks` is LitServer with the private hooks the engine replaces turned into named
-  steps (`setup_status`, `prepare`, `add_api`, `app_built`, `http_started`,
-  `start_supervision`, `drain`); EngineServer (server.py) implements them and names none of
-  LitServer's private methods or attributes;
+- `ServerHooks` is LitServer with the hooks the engine replaces turned into named steps
+  (`setup_status`, `prepare`, `workers_launched`, `wait_for_workers`, `http_process`,
+  `app_built`, `http_started`, `start_supervision`, `drain`, `interrupted`) and what the
+  engine needs of it as plain methods (`add_api`, `relaunch`, `workers_per_api`,
+  `setup_states`, `shutdown_event`); EngineServer (server.py) implements the steps and
+  touches no LitServer name but its constructor, `run` and `app`;
 - `EngineLoop` takes LitServe's positional call of a LitAPI's loop and hands the engine's
   loop (worker.py) the api, the worker id and a way to say that its socket listens;
 - `SetupStatus` is LitServe's `workers_setup_status` mapping, its keys and states, kept in
@@ -16,7 +18,10 @@ A different LitServe is refused here, naming the fix, before any of these names 
 
 import asyncio
 import multiprocessing as mp
+import os
+import signal
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import NamedTuple
 
 import litserve as ls
@@ -151,7 +156,37 @@ class EngineLoop(LitLoop):
 
 
 class ServerHooks(LitServer):
-    """LitServer with the private hooks the engine replaces, each turned into a named step."""
+    """LitServer with the private hooks the engine replaces, each turned into a named step.
+
+    Only this class names LitServer's attributes and methods past its constructor and `run`;
+    its subclass (EngineServer) uses the steps, `app` and the properties below."""
+
+    def __init__(self, lit_apis: list[LitAPI], http_grace: float, **kwargs) -> None:
+        """`http_grace`: seconds each HTTP process (uvicorn) may take to finish its requests
+        once told to stop."""
+        super().__init__(lit_apis, **kwargs)
+        # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
+        # KServe's and Triton's routes instead, so a client meets one convention
+        own = {"/", self.healthcheck_path, self.info_path}
+        self.app.router.routes = [r for r in self.app.routes if getattr(r, "path", None) not in own]
+        self.uvicorn_graceful_timeout = self.http_grace = http_grace
+
+    def run(self, *args, **kwargs) -> None:
+        """LitServe's run, which drains only on KeyboardInterrupt: SIGTERM (docker stop,
+        Kubernetes) becomes one in the main process. The forked HTTP processes inherit the
+        handler until uvicorn installs its own, which drain them."""
+        main = os.getpid()
+
+        def interrupt(signum: int, frame) -> None:
+            if os.getpid() == main:
+                raise KeyboardInterrupt
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, interrupt)
+        try:
+            super().run(*args, **kwargs)
+        except KeyboardInterrupt:  # stopped before LitServe's own handling began
+            self.interrupted()
 
     def _init_manager(self, num_api_servers: int) -> None:
         # no Manager process and no Manager queues: requests travel on the engine's sockets
@@ -182,9 +217,32 @@ class ServerHooks(LitServer):
         first = self.litapi_connector.lit_apis[0]
         return len(self._inference_workers_config_for_api(first.api_path))
 
+    def launch_inference_worker(self, lit_api: LitAPI) -> list[mp.Process]:
+        processes = super().launch_inference_worker(lit_api)
+        self.workers_launched(lit_api, processes)
+        return processes
+
+    def relaunch(self, api: LitAPI, worker_id: int) -> mp.Process:
+        """A new process for one worker of a LitAPI, in place of one that died."""
+        return self.launch_single_inference_worker(api, worker_id)
+
+    @property
+    def setup_states(self) -> "SetupStatus":
+        return self.workers_setup_status
+
     @property
     def shutdown_event(self):
         return self._shutdown_event
+
+    def verify_worker_status(self) -> None:
+        self.wait_for_workers()
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        """LitServe's, with the engine's own context inside it (uvicorn runs this in each
+        HTTP process)."""
+        async with super().lifespan(app), self.http_process():
+            yield
 
     def _prepare_app_run(self, app) -> None:
         super()._prepare_app_run(app)
@@ -203,12 +261,22 @@ class ServerHooks(LitServer):
 
     # -- the engine's steps (EngineServer) -------------------------------------------------
 
-    def setup_status(self) -> SetupStatus:
+    def setup_status(self) -> "SetupStatus":
         """The workers' setup states, before any worker starts."""
         raise NotImplementedError
 
     def prepare(self, api: LitAPI) -> None:
         """What the engine knows of a LitAPI before its workers launch."""
+
+    def workers_launched(self, api: LitAPI, processes: list[mp.Process]) -> None:
+        """A LitAPI's worker processes have started (at start-up, or loaded while serving)."""
+
+    def wait_for_workers(self) -> None:
+        """Return once every worker started with the server is ready to serve."""
+
+    def http_process(self) -> AbstractAsyncContextManager:
+        """What each HTTP process runs for its lifetime, inside LitServe's lifespan."""
+        raise NotImplementedError
 
     def app_built(self, app) -> None:
         """Each HTTP process's FastAPI app, once LitServe has added its routes."""
@@ -223,6 +291,9 @@ class ServerHooks(LitServer):
     def drain(self, http_processes: list[mp.Process]) -> None:
         """Stop on a signal or a failure: answer what was accepted, then stop the workers."""
         raise NotImplementedError
+
+    def interrupted(self) -> None:
+        """Stopped by a signal before LitServe's drain could run (workers still loading)."""
 
 
 __all__ = [

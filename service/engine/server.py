@@ -8,9 +8,9 @@ replaces:
 - `setup_status` and `prepare`: no Manager process and no Manager queues; requests travel on
   sockets between each HTTP process and each worker (wire.py), and worker setup states live
   in shared memory (`SetupStatus`);
-- `verify_worker_status`: start-up waits for every worker of every model version, and a
+- `wait_for_workers`: start-up waits for every worker of every model version, and a
   version that cannot load stops the server with its name (`StartupError`);
-- `launch_inference_worker`: each version's workers are kept as a `Placement` in its slot of
+- `workers_launched`: each version's workers are kept as a `Placement` in its slot of
   the version table; `place`, `retire` and `discard` load and unload versions while serving,
   as the service's lifecycle (the `Controller`) decides;
 - `start_supervision`: a supervisor that replaces a dead worker (its requests have already
@@ -32,12 +32,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from starlette.types import ASGIApp
 
 from ..metrics import WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
@@ -59,6 +57,7 @@ class StartupError(RuntimeError):
 
 
 Companion = Callable[[], AbstractAsyncContextManager]
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]  # (scope, receive, send)
 
 
 class Controller(Protocol):
@@ -92,11 +91,8 @@ class EngineServer(ServerHooks):
         (`api.slot`) claimed. `companions`: what else each HTTP process runs for its
         lifetime, on its event loop (the gRPC server). `front`: an ASGI layer that sees each
         request before FastAPI's middleware stack (error, telemetry and body-limit layers)."""
-        super().__init__(lit_apis, **kwargs)
-        # LitServe's own "/" (plain text), "/health" and "/info" go: the service answers
-        # KServe's and Triton's routes instead, so a client meets one convention
-        own = {"/", self.healthcheck_path, self.info_path}
-        self.app.router.routes = [r for r in self.app.routes if getattr(r, "path", None) not in own]
+        # uvicorn's own deadline comes after ours, so that late requests answer 503 first
+        super().__init__(lit_apis, http_grace=engine.drain_timeout + 5, **kwargs)
         self.engine = engine
         self.controller = controller
         self.companions = list(companions)
@@ -107,8 +103,6 @@ class EngineServer(ServerHooks):
                 f"{engine.workers} inference workers per model version; "
                 f"at most {MAX_WORKERS} are supported"
             )
-        # uvicorn's own deadline comes after ours, so that late requests answer 503 first
-        self.uvicorn_graceful_timeout = engine.drain_timeout + 5
         self.exit_reason: str | None = None  # set when the server stops because of a failure
         self.placements: dict[int, Placement] = {}  # table slot -> the version's workers
         self.main_pid = os.getpid()
@@ -119,13 +113,11 @@ class EngineServer(ServerHooks):
         return SetupStatus(self.engine.table.capacity, self.engine.workers)
 
     def prepare(self, api: LitAPI) -> None:
-        self.workers_setup_status.bind(api.api_path, api.slot)
+        self.setup_states.bind(api.api_path, api.slot)
         self.engine.stats.reset(api.slot)
 
-    def launch_inference_worker(self, lit_api: LitAPI) -> list[mp.Process]:
-        processes = super().launch_inference_worker(lit_api)
-        self.placements[lit_api.slot] = Placement(lit_api, processes, "", [0] * len(processes))
-        return processes
+    def workers_launched(self, api: LitAPI, processes: list[mp.Process]) -> None:
+        self.placements[api.slot] = Placement(api, processes, "", [0] * len(processes))
 
     def place(self, api: LitAPI) -> None:
         """Start the workers of a version loaded while serving (its slot is LOADING)."""
@@ -139,14 +131,14 @@ class EngineServer(ServerHooks):
             raise StartupError(placement.failure)
         states = []
         for worker_id, process in enumerate(placement.processes):
-            state = self.workers_setup_status.state(placement.api.api_path, worker_id)
+            state = self.setup_states.state(placement.api.api_path, worker_id)
             if state == WorkerSetupStatus.ERROR or not process.is_alive():
                 placement.failure = self._failure(placement.api, process, state)
                 raise StartupError(placement.failure)
             states.append(state)
         return all(state == LISTENING for state in states)
 
-    def verify_worker_status(self) -> None:
+    def wait_for_workers(self) -> None:
         """Return once every worker is ready; raise StartupError naming a model that fails."""
         loading = set(self.placements)
         while loading:
@@ -170,12 +162,12 @@ class EngineServer(ServerHooks):
         )
 
     @asynccontextmanager
-    async def lifespan(self, app):
-        """LitServe's, with the companions running inside it (uvicorn runs this in each
-        HTTP process; on a drain they stop after its HTTP requests are answered)."""
+    async def http_process(self):
+        """The companions run inside each HTTP process's lifespan; on a drain they stop after
+        its HTTP requests are answered."""
         if os.getpid() != self.main_pid:  # a forked HTTP process, as always but in-process use
             exit_with_parent(self.main_pid)
-        async with super().lifespan(app), contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             for companion in self.companions:
                 await stack.enter_async_context(companion())
             gc.freeze()  # what start-up made lives on: full collections skip it (17 ms a pass)
@@ -191,19 +183,8 @@ class EngineServer(ServerHooks):
         for sock in sockets:
             sock.close()
 
-    def run(self, *args, **kwargs) -> None:
-        def interrupt(signum: int, frame) -> None:
-            # SIGTERM (docker stop, Kubernetes) drains like Ctrl-C. The forked HTTP processes
-            # inherit this until uvicorn installs its own handlers, which drain them.
-            if os.getpid() == self.main_pid:
-                raise KeyboardInterrupt
-            raise SystemExit(0)
-
-        signal.signal(signal.SIGTERM, interrupt)
-        try:
-            super().run(*args, **kwargs)
-        except KeyboardInterrupt:  # stopped while the workers were still loading
-            self._stop_workers()
+    def interrupted(self) -> None:
+        self._stop_workers()
 
     # -- supervision ---------------------------------------------------------------------
 
@@ -243,7 +224,7 @@ class EngineServer(ServerHooks):
         placement = self.placements[slot]
         api, process = placement.api, placement.processes[worker_id]
         process.join(timeout=1)
-        state = self.workers_setup_status.state(api.api_path, worker_id)
+        state = self.setup_states.state(api.api_path, worker_id)
         table_state = self.engine.table.read(slot).state
         if table_state == State.LOADING:
             placement.failure = self._failure(api, process, state)  # the controller's to see
@@ -270,7 +251,7 @@ class EngineServer(ServerHooks):
         )
         WORKER_RESTARTS.labels(api.model_name).inc()
         forget_process(process.pid)
-        placement.processes[worker_id] = self.launch_single_inference_worker(api, worker_id)
+        placement.processes[worker_id] = self.relaunch(api, worker_id)
 
     def retire(self, slot: int) -> None:
         """Take a serving version out of service: it takes no new requests, and its workers
@@ -322,7 +303,7 @@ class EngineServer(ServerHooks):
         for process in http:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)  # uvicorn: stop accepting, finish requests
-        deadline = started + self.uvicorn_graceful_timeout + 1
+        deadline = started + self.http_grace + 1
         for process in http:
             process.join(timeout=max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -8,21 +8,40 @@ As Triton counts them: `success`/`fail` are requests and their whole time in the
 the differences of two reads by the successes to report server-side time per request.
 """
 
+import ctypes
 import multiprocessing as mp
 import time
 from typing import Literal
 
 MAX_WORKERS = 64  # inference workers per model version that can count (each has its own cells)
-REQUEST_FIELDS = ("success_count", "success_ns", "fail_count", "fail_ns")
-BATCH_FIELDS = (
-    "queue_count",  # requests run, which is also compute_infer's count
-    "queue_ns",
-    "compute_ns",
-    "inference_count",
-    "execution_count",
-    "last_inference_ms",
-)
-SLOT = {name: i for i, name in enumerate(BATCH_FIELDS)}
+
+
+class RequestCells(ctypes.Structure):
+    """One version's requests, as the HTTP processes count them."""
+
+    _fields_ = [
+        ("success_count", ctypes.c_uint64),
+        ("success_ns", ctypes.c_uint64),
+        ("fail_count", ctypes.c_uint64),
+        ("fail_ns", ctypes.c_uint64),
+    ]
+
+
+class BatchCells(ctypes.Structure):
+    """One worker's batches of one version, as that worker counts them."""
+
+    _fields_ = [
+        ("queue_count", ctypes.c_uint64),  # requests run, which is also compute_infer's count
+        ("queue_ns", ctypes.c_uint64),
+        ("compute_ns", ctypes.c_uint64),
+        ("inference_count", ctypes.c_uint64),
+        ("execution_count", ctypes.c_uint64),
+        ("last_inference_ms", ctypes.c_uint64),
+    ]
+
+
+def _fields(cells: type[ctypes.Structure]) -> list[str]:
+    return [name for name, _ in cells._fields_]
 
 
 class Stats:
@@ -32,52 +51,51 @@ class Stats:
         ctx = mp.get_context("spawn")  # made before LitServe's processes, so they share it
         # Written by the HTTP processes, under a lock they alone take (a plain one over raw
         # cells: a synchronized Array would take it again for every item).
-        self.requests = ctx.RawArray("Q", capacity * len(REQUEST_FIELDS))
+        self.requests = ctx.RawArray(RequestCells, capacity)
         self.requests_lock = ctx.Lock()
         # Cells per slot and worker, each written by that worker alone and read without a
         # lock: a worker killed while writing holds no lock that would stop the others.
-        self.batches = ctx.RawArray("Q", capacity * MAX_WORKERS * len(BATCH_FIELDS))
+        self.batches = ctx.RawArray(BatchCells, capacity * MAX_WORKERS)
 
     def reset(self, slot: int) -> None:
         """Zero a slot that a new version takes (main process, before its workers start)."""
-        width = len(REQUEST_FIELDS)
         with self.requests_lock:
-            self.requests[slot * width : (slot + 1) * width] = [0] * width
-        width = MAX_WORKERS * len(BATCH_FIELDS)
-        self.batches[slot * width : (slot + 1) * width] = [0] * width
+            self.requests[slot] = RequestCells()
+        for worker in range(MAX_WORKERS):
+            self.batches[slot * MAX_WORKERS + worker] = BatchCells()
 
     def request(self, slot: int, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request answered (HTTP side)."""
-        base = slot * len(REQUEST_FIELDS) + (0 if outcome == "success" else 2)
+        cells = self.requests[slot]  # a view of the shared memory
         with self.requests_lock:
-            self.requests[base] += 1
-            self.requests[base + 1] += int(seconds * 1e9)
+            if outcome == "success":
+                cells.success_count += 1
+                cells.success_ns += int(seconds * 1e9)
+            else:
+                cells.fail_count += 1
+                cells.fail_ns += int(seconds * 1e9)
 
     def batch(
         self, slot: int, worker_id: int, queued: list[float], compute: float, instances: int
     ) -> None:
         """One batch run by a worker: each request's queue seconds, the batch's compute."""
-        base = (slot * MAX_WORKERS + worker_id) * len(BATCH_FIELDS)
-        values = self.batches
-        values[base + SLOT["queue_count"]] += len(queued)
-        values[base + SLOT["queue_ns"]] += int(sum(queued) * 1e9)
-        values[base + SLOT["compute_ns"]] += int(compute * 1e9) * len(queued)
-        values[base + SLOT["inference_count"]] += instances
-        values[base + SLOT["execution_count"]] += 1
-        values[base + SLOT["last_inference_ms"]] = int(time.time() * 1000)
+        cells = self.batches[slot * MAX_WORKERS + worker_id]
+        cells.queue_count += len(queued)
+        cells.queue_ns += int(sum(queued) * 1e9)
+        cells.compute_ns += int(compute * 1e9) * len(queued)
+        cells.inference_count += instances
+        cells.execution_count += 1
+        cells.last_inference_ms = int(time.time() * 1000)
 
-    def read(self, i: int) -> dict[str, int]:
+    def read(self, slot: int) -> dict[str, int]:
+        """Every field, the workers' added up (the latest inference: their latest)."""
         with self.requests_lock:
-            base = i * len(REQUEST_FIELDS)
-            totals = {f: self.requests[base + k] for k, f in enumerate(REQUEST_FIELDS)}
-        width = len(BATCH_FIELDS)
-        slots = [
-            self.batches[(i * MAX_WORKERS + w) * width : (i * MAX_WORKERS + w + 1) * width]
-            for w in range(MAX_WORKERS)
-        ]
-        for k, field in enumerate(BATCH_FIELDS):
-            column = [slot[k] for slot in slots]
-            totals[field] = max(column) if field == "last_inference_ms" else sum(column)
+            cells = self.requests[slot]
+            totals = {name: getattr(cells, name) for name in _fields(RequestCells)}
+        workers = self.batches[slot * MAX_WORKERS : (slot + 1) * MAX_WORKERS]
+        for name in _fields(BatchCells):
+            column = [getattr(cells, name) for cells in workers]
+            totals[name] = max(column) if name == "last_inference_ms" else sum(column)
         return totals
 
     def triton(self, slot: int, model: str, version: int) -> dict:

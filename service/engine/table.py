@@ -11,6 +11,7 @@ process answers (`answer`) with the outcome and, for a failure, its reason.
 """
 
 import asyncio
+import ctypes
 import multiprocessing as mp
 import time
 from enum import IntEnum
@@ -18,6 +19,12 @@ from typing import NamedTuple
 
 CAPACITY = 64  # versions with workers at once, across every model
 NOTE_BYTES = 1024  # the longest reason kept for a failed load
+
+
+def version_key(model: str, version: int) -> str:
+    """The engine's name for a model version, "mlp:2": its workers', its sockets' and its
+    LitAPI's (as LitServe's api_path)."""
+    return f"{model}:{version}"
 
 
 class State(IntEnum):
@@ -35,8 +42,7 @@ class Slot(NamedTuple):
 
     @property
     def key(self) -> str:
-        """The engine's name for the version: "mlp:2"."""
-        return f"{self.model}:{self.version}"
+        return version_key(self.model, self.version)
 
 
 class Action(IntEnum):
@@ -49,42 +55,63 @@ class Outcome(NamedTuple):
     reason: str  # why it failed; empty when it did not
 
 
-class VersionTable:
-    WIDTH = 3  # cells per slot: model index + 1 (0: free), version, state
+class SlotCells(ctypes.Structure):
+    """One slot of the table: a version with workers, or free."""
 
+    _fields_ = [
+        ("model", ctypes.c_int64),  # the model's index in VersionTable.models + 1; 0: free
+        ("version", ctypes.c_int64),
+        ("state", ctypes.c_int64),  # a State
+    ]
+
+
+class ModelCells(ctypes.Structure):
+    """What the HTTP processes ask of one model, and what the main process answers."""
+
+    _fields_ = [
+        ("unloaded", ctypes.c_int64),  # 1: unloaded through the API; not loaded again
+        ("ask_action", ctypes.c_int64),  # the newest request: an Action
+        ("ask_id", ctypes.c_int64),  # its id; ids count up
+        ("answered_id", ctypes.c_int64),  # the newest request answered
+        ("answered_ok", ctypes.c_int64),
+        ("failed", ctypes.c_int64),  # the version that last failed to load
+        ("reason", ctypes.c_char * NOTE_BYTES),  # why, NUL-terminated
+    ]
+
+
+class VersionTable:
     def __init__(self, models: list[str], capacity: int = CAPACITY) -> None:
         self.models = list(models)
         self.capacity = capacity
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
         # Raw cells and one plain lock: a synchronized Array takes its lock again (in Python)
         # for every item read, and the HTTP processes read a slot on every request.
-        self.cells = ctx.RawArray("q", capacity * self.WIDTH)
+        self.cells = ctx.RawArray(SlotCells, capacity)
         self.cells_lock = ctx.Lock()
         self.generation = ctx.RawValue("q", 0)
-        n = len(self.models)
-        self.unloaded = ctx.RawArray("b", n)  # 1: unloaded through the API; not loaded again
-        self.asks = ctx.Array("q", n * 2)  # per model: (action, request id), ids counting up
-        self.answered = ctx.RawArray("q", n * 2)  # per model: (request id answered, ok)
-        self.failed = ctx.RawArray("q", n)  # per model: the version that last failed to load
-        self.reasons = ctx.RawArray("c", n * NOTE_BYTES)  # per model: why it failed
+        self.per_model = ctx.RawArray(ModelCells, len(self.models))
+        self.asks_lock = ctx.Lock()
+
+    def _model(self, model: str) -> ModelCells:
+        return self.per_model[self.models.index(model)]  # a view of the shared memory
 
     # -- slots ---------------------------------------------------------------------------
 
     def read(self, index: int) -> Slot:
         with self.cells_lock:
-            model, version, state = self.cells[index * self.WIDTH : (index + 1) * self.WIDTH]
+            cells = self.cells[index]
+            model, version, state = cells.model, cells.version, cells.state
         return Slot(index, self.models[model - 1] if model else "", version, State(state))
 
     def slots(self) -> list[Slot]:
         """Every slot in use."""
         with self.cells_lock:
-            cells = self.cells[:]
-        found = []
-        for index in range(self.capacity):
-            model, version, state = cells[index * self.WIDTH : (index + 1) * self.WIDTH]
-            if state != State.FREE:
-                found.append(Slot(index, self.models[model - 1], version, State(state)))
-        return found
+            copy = (SlotCells * self.capacity).from_buffer_copy(self.cells)
+        return [
+            Slot(index, self.models[cells.model - 1], cells.version, State(cells.state))
+            for index, cells in enumerate(copy)
+            if cells.state != State.FREE
+        ]
 
     def claim(self, model: str, version: int) -> int:
         """A free slot for a new version, LOADING (main process only)."""
@@ -105,59 +132,57 @@ class VersionTable:
 
     def _write(self, index: int, model: int, version: int, state: State) -> None:
         with self.cells_lock:
-            self.cells[index * self.WIDTH : (index + 1) * self.WIDTH] = [model, version, state]
+            self.cells[index] = SlotCells(model, version, state)
             self.generation.value += 1
 
     # -- load and unload, asked by an HTTP process, answered by the main one -------------
 
     def is_unloaded(self, model: str) -> bool:
         """Unloaded through the repository API, until loaded again."""
-        return bool(self.unloaded[self.models.index(model)])
+        return bool(self._model(model).unloaded)
 
     def set_unloaded(self, model: str, unloaded: bool) -> None:
-        self.unloaded[self.models.index(model)] = int(unloaded)
+        self._model(model).unloaded = int(unloaded)
 
     def ask(self, model: str, action: Action) -> int:
-        i = self.models.index(model)
-        with self.asks.get_lock():
-            self.asks[2 * i] = action
-            self.asks[2 * i + 1] += 1
-            return self.asks[2 * i + 1]
+        cells = self._model(model)
+        with self.asks_lock:
+            cells.ask_action = action
+            cells.ask_id += 1
+            return cells.ask_id
 
     def pending(self, model: str) -> tuple[Action, int] | None:
         """The newest request for the model not yet answered: (action, id)."""
-        i = self.models.index(model)
-        with self.asks.get_lock():
-            action, request = self.asks[2 * i], self.asks[2 * i + 1]
-        return (Action(action), request) if request > self.answered[2 * i] else None
+        cells = self._model(model)
+        with self.asks_lock:
+            action, request = cells.ask_action, cells.ask_id
+        return (Action(action), request) if request > cells.answered_id else None
 
     def answer(self, model: str, request: int, ok: bool) -> None:
-        i = self.models.index(model)
-        self.answered[2 * i + 1] = int(ok)
-        self.answered[2 * i] = request  # last: the waiting process reads `ok` after it
+        cells = self._model(model)
+        cells.answered_ok = int(ok)
+        cells.answered_id = request  # last: the waiting process reads `ok` after it
 
     async def outcome(self, model: str, request: int, timeout: float) -> Outcome | None:
         """The main process's answer to request `request`, or None if none came in time."""
-        i = self.models.index(model)
+        cells = self._model(model)
         deadline = time.monotonic() + timeout
-        while self.answered[2 * i] < request:
+        while cells.answered_id < request:
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.05)
-        ok = bool(self.answered[2 * i + 1])
+        ok = bool(cells.answered_ok)
         return Outcome(ok, "" if ok else self.failure(model)[1])
 
     # -- failed loads ----------------------------------------------------------------------
 
     def fail(self, model: str, version: int, reason: str) -> None:
         """Note a version that could not be loaded, and why (main process)."""
-        i = self.models.index(model)
-        note = reason.encode()[: NOTE_BYTES - 1] + b"\0"
-        self.reasons[i * NOTE_BYTES : i * NOTE_BYTES + len(note)] = note
-        self.failed[i] = version
+        cells = self._model(model)
+        cells.reason = reason.encode()[: NOTE_BYTES - 1]  # ctypes adds the NUL
+        cells.failed = version
 
     def failure(self, model: str) -> tuple[int, str]:
         """(the version that last failed to load, why); (0, "") when none has."""
-        i = self.models.index(model)
-        note = self.reasons[i * NOTE_BYTES : (i + 1) * NOTE_BYTES].split(b"\0", 1)[0]
-        return self.failed[i], note.decode(errors="replace")
+        cells = self._model(model)
+        return cells.failed, cells.reason.decode(errors="replace")

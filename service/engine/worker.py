@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..errors import InferenceFailed, ServiceError, Timeout
 from ..host import usable_cores
 from ..metrics import QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
@@ -246,7 +247,7 @@ class Worker:
         for q in batch:
             if timeout and started - q.request.enqueued_at > timeout:
                 failure = Failure(
-                    504,
+                    Timeout.reason,
                     f"the request waited over {timeout:g} s for the model "
                     "(TENSORGATE_REQUEST_TIMEOUT) and was not computed",
                 )
@@ -275,8 +276,10 @@ class Worker:
             ]
         except Exception as e:  # a failing batch fails only its own requests
             logger.exception("inference failed for a batch of %d requests", len(live))
-            failure = Failure(
-                getattr(e, "status_code", 500), getattr(e, "detail", f"inference failed: {e}")
+            failure = (
+                Failure(e.reason, e.message)
+                if isinstance(e, ServiceError)
+                else Failure(InferenceFailed.reason, f"inference failed: {e}")
             )
             return [(q, Answer(q.request.uid, None, failure)) for q in live]
 

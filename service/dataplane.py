@@ -1,0 +1,245 @@
+"""The data plane: every operation of the service, for any transport, with plain arguments and
+plain errors (errors.py). HTTP (rest.py, app.py, fastpath.py) and gRPC (grpc_server.py) only
+decode a request, call one method here and encode what it returns.
+
+This is where a request is authorised, its model and version are resolved, it is admitted to
+the engine (which bounds the queue, batches and answers) and accounted for: the request
+metrics, labelled by transport (`v1`, `v2`, `grpc`) and by the transport's own status (an HTTP
+code, or a gRPC status name), and Triton's statistics.
+"""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from artifacts.manifest import ARTIFACTS
+from artifacts.runtimes import Tensors
+
+from . import control
+from .auth import check_key
+from .engine import Action, Engine, Gone
+from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
+from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
+from .protocol import Decoded, Signature
+from .repository import ServedModel
+from .served import ModelVersions
+from .settings import Settings
+from .triton import model_config
+
+Transport = Literal["v1", "v2", "grpc"]  # the metrics' protocol label
+Credentials = Mapping[str, str]  # HTTP headers or gRPC metadata, lower-case keys
+Decode = Callable[[Signature], Awaitable[Decoded]]
+SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+class Readiness(NamedTuple):
+    ready: bool
+    why: str = ""  # what is not ready, for a 503's message
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A computed request: the version that computed it, its signature, the request as
+    decoded for that signature, and one array per output."""
+
+    model: ServedModel
+    signature: Signature
+    request: Decoded
+    outputs: Tensors
+
+
+def status_label(transport: Transport, error: Exception | None) -> str:
+    """The code label of tensorgate_requests_total: the answer's HTTP status, or for gRPC its
+    status code's name."""
+    if transport == "grpc":
+        return "OK" if error is None else getattr(error, "grpc", "INTERNAL")
+    return "200" if error is None else str(getattr(error, "status", 500))
+
+
+@dataclass
+class Call:
+    """One inference request being answered: the version it runs on, and how it ended."""
+
+    model: ServedModel | None
+    error: Exception | None = None
+
+
+class DataPlane:
+    def __init__(
+        self, models: list[ModelVersions], settings: Settings, engine: Engine, device: str
+    ) -> None:
+        self.models = {m.name: m for m in models}
+        self.settings, self.engine = settings, engine
+        self.device = device  # "cpu" or "cuda", for Triton's model configuration
+        # prometheus_client's labels() is a lookup per call, so the children are kept, made
+        # on first use in the HTTP process (they cannot be pickled into the workers)
+        self._children: dict[tuple[str, Transport, str, int], tuple] = {}
+
+    def authorise(self, credentials: Credentials) -> None:
+        check_key(credentials, self.settings.api_key)
+
+    def model(self, name: str) -> ModelVersions:
+        if name not in self.models:
+            raise NotFound(f"unknown model {name!r}; served: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+    # -- server --------------------------------------------------------------------------
+
+    async def server_ready(self) -> Readiness:
+        if self.engine.draining:
+            return Readiness(False, "not ready: the server is shutting down")
+        loading = [m.name for m in self.models.values() if not await m.ready()]
+        if loading:
+            return Readiness(False, f"not ready: {', '.join(loading)} loading or restarting")
+        return Readiness(True)
+
+    def server_metadata(self, credentials: Credentials) -> dict:
+        self.authorise(credentials)
+        return SERVER
+
+    def model_names(self, credentials: Credentials) -> list[str]:
+        self.authorise(credentials)
+        return sorted(self.models)
+
+    # -- models --------------------------------------------------------------------------
+
+    async def model_ready(self, name: str, version: str | None) -> Readiness:
+        """Open, like the health endpoints (probes carry no key)."""
+        model = self.model(name)
+        model.refresh()
+        if version is None and model.highest is None:
+            return Readiness(False, model.none_serving())
+        served = model.served(version)
+        if not await model.ready(served.version):
+            return Readiness(False, f"model '{name}' is loading or restarting")
+        return Readiness(True)
+
+    async def model_status(self, name: str, credentials: Credentials) -> dict:
+        """KServe V1's model status: the highest serving version's readiness."""
+        self.authorise(credentials)
+        model = self.model(name)
+        return {"name": name, "ready": await model.ready(model.served(None).version)}
+
+    def model_metadata(self, name: str, version: str | None, credentials: Credentials) -> dict:
+        self.authorise(credentials)
+        model = self.model(name)
+        served = model.served(version)
+        manifest = served.manifest
+        return {
+            "name": name,
+            "versions": [str(v) for v in model.versions],
+            "platform": ARTIFACTS[served.backend].platform,
+            "inputs": [t.model_dump() for t in manifest.inputs],
+            "outputs": [t.model_dump() for t in manifest.outputs],
+            "labels": list(manifest.labels),
+        }
+
+    def model_config(self, name: str, version: str | None, credentials: Credentials) -> dict:
+        """Triton's model configuration."""
+        self.authorise(credentials)
+        return model_config(self.model(name).served(version), self.settings, self.device)
+
+    def statistics(
+        self, name: str | None, version: str | None, credentials: Credentials
+    ) -> list[dict]:
+        """Triton's statistics: every model's (name None), a model's every served version's,
+        or the one version named."""
+        self.authorise(credentials)
+        if name is None:
+            return [entry for m in self.models.values() for entry in m.stats()]
+        model = self.model(name)
+        return model.stats(model.served(version) if version else None)
+
+    # -- the repository extension ----------------------------------------------------------
+
+    async def repository_index(self, ready_only: bool, credentials: Credentials) -> list[dict]:
+        self.authorise(credentials)
+        return await control.index(list(self.models.values()), self.settings, ready_only)
+
+    async def control(self, name: str, action: Action, credentials: Credentials) -> None:
+        """Load or unload a model (explicit model control)."""
+        self.authorise(credentials)
+        models = list(self.models.values())
+        await control.load_or_unload(models, self.settings, self.engine, name, action)
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        transport: Transport,
+        credentials: Credentials,
+        decode: Decode,
+        gone: Gone | None = None,
+    ) -> Inference:
+        """Authorise, resolve the version (None: the highest serving), decode the request for
+        its signature (`decode`, the transport's), run it and account for it. A request for no
+        version in particular whose version was retired before it was admitted (a new version
+        took over) runs again on the one serving now. `gone` returns once the client has left,
+        so that a request nobody waits for is not computed."""
+        model = self.model(name)
+        async with self._accounted(model, transport) as call:
+            self.authorise(credentials)
+            call.model = model.served(version)  # a 404 before the body is read
+            try:
+                return await self._run(model, call.model, decode, gone)
+            except Retired:
+                if version is not None:
+                    raise
+                call.model = model.served(None)
+                return await self._run(model, call.model, decode, gone)
+
+    async def _run(
+        self, model: ModelVersions, served: ServedModel, decode: Decode, gone: Gone | None
+    ) -> Inference:
+        sig = model.signatures[served.version]
+        request = await decode(sig)
+        outputs = await self.engine.submit(served.key, request.inputs, gone)
+        for out in outputs:  # non-finite floats: e.g. inputs near the limits of float32
+            if out.dtype.kind == "f" and not np.isfinite(out).all():
+                raise BadRequest(
+                    f"model '{model.name}' computes non-finite outputs for these inputs; "
+                    "they are far outside the range of its training data"
+                )
+        return Inference(served, sig, request, outputs)
+
+    @asynccontextmanager
+    async def _accounted(self, model: ModelVersions, transport: Transport) -> AsyncIterator[Call]:
+        """Count one inference request in the metrics and Triton's statistics, whatever its
+        outcome: the caller sets the call's version."""
+        model.refresh()
+        call, started = Call(model.highest), time.perf_counter()
+        try:
+            yield call
+        except Exception as e:
+            call.error = e
+            if isinstance(e, ServiceError) and not isinstance(e, ClientGone):
+                REJECTIONS.labels(model.name, e.reason).inc()  # the worker counts ClientGone
+            raise
+        finally:
+            served = call.model
+            label = served.version if served is not None else 0  # 0: no version serving
+            code = status_label(transport, call.error)
+            answered, latency = self._metrics(model.name, transport, code, label)
+            took = time.perf_counter() - started
+            answered.inc()
+            latency.observe(took)
+            if served is not None:
+                outcome = "success" if call.error is None else "fail"
+                self.engine.record(served.key, outcome, took)
+
+    def _metrics(self, name: str, transport: Transport, code: str, version: int) -> tuple:
+        """(requests counter, latency histogram) children for these labels."""
+        key = (name, transport, code, version)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                REQUESTS.labels(name, str(version), transport, code),
+                REQUEST_DURATION.labels(name, transport),
+            )
+        return children

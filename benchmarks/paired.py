@@ -1,20 +1,24 @@
-"""tensorgate with its defaults against the same service with settings changed, both up at
-once and driven by wrk in alternating short runs (each round reverses the order), so that the
-machine's drift hits both alike; the ratio is the median of the rounds' paired ratios. For a
-change that moves throughput by a few percent, where `make bench`'s rounds, minutes apart,
-spread by 10-30 % on a shared VM.
+"""tensorgate with its defaults against the same service with settings changed, or against
+another commit of it, both up at once and driven by wrk in alternating short runs (each round
+reverses the order), so that the machine's drift hits both alike; the ratio is the median of
+the rounds' paired ratios. For a change that moves throughput by a few percent, where `make
+bench`'s rounds, minutes apart, spread by 10-30 % on a shared VM.
 
     python -m benchmarks.paired [--set worker_spin=0.0005] [--models mlp resnet-cifar]
         [--concurrency 1 2 4 8 16 64] [--rounds 8] [--duration 2]
         [--out docs/benchmarks/worker-spin.md]
+    git worktree add /tmp/base HEAD~3
+    python -m benchmarks.paired --baseline /tmp/base --out docs/benchmarks/dataplane.md
 
 mlp is driven with V1 JSON, resnet-cifar with V2 binary (as `make bench` reports them).
 """
 
 import argparse
 import statistics
+import subprocess
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from load_tests.servers import running_service
 
@@ -44,11 +48,14 @@ def measure(args, model: str) -> list[dict]:
     protocol = PROTOCOL[model]
     body, headers = bodies(args, model)[protocol]
     settings = {"default": {}, "changed": dict(args.set)}
+    checkouts = {"default": args.baseline, "changed": None}
     rows = []
     with ExitStack() as stack:
         urls = {
             side: stack.enter_context(
-                running_service(repository(args, model), args.logs, models=model, **kw)
+                running_service(
+                    repository(args, model), args.logs, checkouts[side], models=model, **kw
+                )
             ).url
             + path("tensorgate", protocol, model)
             for side, kw in settings.items()
@@ -75,10 +82,26 @@ def measure(args, model: str) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], args) -> str:
+def commit(checkout: Path | None) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout or "."), "log", "-1", "--format=%h %s"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or "(not a git checkout)"
+
+
+def title(args) -> str:
     changed = ", ".join(f"`TENSORGATE_{k.upper()}={v}`" for k, v in args.set)
+    if args.baseline is None:
+        return f"tensorgate's defaults against {changed}"
+    this = "this checkout" + (f" with {changed}" if changed else "")
+    return f"tensorgate at {commit(args.baseline)} (default) against {this}, {commit(None)}"
+
+
+def report(rows: list[dict], args) -> str:
     lines = [
-        f"# tensorgate's defaults against {changed}",
+        f"# {title(args)}",
         "",
         f"`python -m benchmarks.paired`, {time.strftime('%Y-%m-%d')}; {machine()}. Both "
         f"services up at once; {args.rounds} alternating rounds of {args.duration:g} s per "
@@ -100,9 +123,24 @@ def report(rows: list[dict], args) -> str:
 def main(argv: list[str] | None = None) -> int:
     out, concurrency = "docs/benchmarks/worker-spin.md", [1, 2, 4, 8, 16, 64]
     parser = side_parser("python -m benchmarks.paired", out, concurrency, rounds=8, duration=2.0)
-    parser.add_argument("--set", nargs="+", type=setting, default=[("worker_spin", "0.0005")])
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        type=setting,
+        help="settings of the changed side (default: worker_spin=0.0005; none with --baseline)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of the project (git worktree add DIR COMMIT): its service, with "
+        "the defaults, is the default side",
+    )
     parser.add_argument("--models", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
     args = parser.parse_args(argv)
+    if args.set is None:
+        args.set = [] if args.baseline else [("worker_spin", "0.0005")]
+    if not args.set and args.baseline is None:
+        parser.error("nothing differs: give --set NAME=VALUE or --baseline DIR")
     args.logs.mkdir(parents=True, exist_ok=True)
     prepare_benchmark_models(args)
     rows = [row for model in args.models for row in measure(args, model)]

@@ -48,11 +48,25 @@ class Service:
 
 
 @contextmanager
-def running(command: list[str], env: dict, url: str, ready_path: str, log: Path, timeout: float):
-    """Run `command` until `url + ready_path` answers 200; stop it (SIGTERM, then SIGKILL)."""
+def running(
+    command: list[str],
+    env: dict,
+    url: str,
+    ready_path: str,
+    log: Path,
+    timeout: float,
+    cwd: Path | None = None,
+):
+    """Run `command` (in `cwd`) until `url + ready_path` answers 200; stop it (SIGTERM, then
+    SIGKILL)."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + timeout
@@ -82,8 +96,10 @@ def running(command: list[str], env: dict, url: str, ready_path: str, log: Path,
 
 
 @contextmanager
-def running_service(repository: Path, log_dir: Path, **settings: object):
-    """The real service; `settings` become TENSORGATE_* variables, e.g. batch_timeout=0.5."""
+def running_service(repository: Path, log_dir: Path, checkout: Path | None = None, **settings):
+    """The real service (of another `checkout` of the project, when given: `python -m` runs
+    the package in the working directory); `settings` become TENSORGATE_* variables, e.g.
+    batch_timeout=0.5."""
     port = free_port()
     env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
     env["TENSORGATE_GRPC_PORT"] = str(free_port())  # Triton's 8001 may be another's
@@ -92,7 +108,6 @@ def running_service(repository: Path, log_dir: Path, **settings: object):
     grpc = f"127.0.0.1:{env['TENSORGATE_GRPC_PORT']}"
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service"]
-    with running(
-        command, env, url, "/v2/health/ready", log_dir / f"service-{port}.log", START_TIMEOUT
-    ) as process:
+    log = log_dir / f"service-{port}.log"
+    with running(command, env, url, "/v2/health/ready", log, START_TIMEOUT, checkout) as process:
         yield Service(url, process, log_dir / f"service-{port}.log", repository, grpc)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +119,32 @@ def test_the_paired_benchmark_sets_the_setting_on_one_side_only(exported, tmp_pa
     assert "`TENSORGATE_WORKER_SPIN=0.002`" in out.read_text()
     logs = [p.read_text() for p in tmp_path.glob("service-*.log")]
     assert sum("polling 2 ms for each next request" in log for log in logs) == 1
+
+
+@pytest.mark.tools("wrk")
+def test_the_paired_benchmark_runs_the_baseline_side_from_the_other_checkout(exported, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    base = tmp_path / "base"
+    git = ["git", "-C", str(root)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(base), "HEAD"], check=True)
+    try:
+        main = base / "service" / "__main__.py"  # a mark only the baseline's service prints
+        main.write_text('print("baseline checkout", flush=True)\n' + main.read_text())
+        out = tmp_path / "base.md"
+        command = [sys.executable, "-m", "benchmarks.paired", "--baseline", str(base),
+                   "--models", "mlp", "--concurrency", "1", "--rounds", "2", "--duration", "1",
+                   "--repository", str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(base)], check=True)
+    logs = [p.read_text() for p in tmp_path.glob("service-*.log")]
+    assert len(logs) == 2 and sum("baseline checkout" in log for log in logs) == 1
+    head = subprocess.run([*git, "log", "-1", "--format=%h"], capture_output=True, text=True)
+    title = out.read_text().splitlines()[0]
+    assert title.startswith(f"# tensorgate at {head.stdout.strip()} ") and "(default)" in title
+    [row] = json.loads(out.with_suffix(".json").read_text())
+    assert row["rps_ratio"] > 0
 
 
 @pytest.mark.tools("wrk")

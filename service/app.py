@@ -77,13 +77,7 @@ def add_offline_docs(app: FastAPI) -> None:
 
 def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
     """The server-wide routes, each an adapter over the data plane."""
-    served = sorted(plane.models)
-    engine = plane.engine
-
-    def in_flight(name: str) -> int:  # every version's that has workers
-        return sum(engine.in_flight(s.key) for s in engine.table.slots() if s.model == name)
-
-    queues = QueueCollector(served, plane.settings.max_queue, in_flight)
+    queues = QueueCollector(sorted(plane.models), plane.settings.max_queue, plane.in_flight)
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -134,12 +128,12 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"], responses=refusal)
     async def load(request: Request, model: str) -> dict:
-        await plane.control(model, Action.LOAD, request.headers)
+        await plane.model_control(model, Action.LOAD, request.headers)
         return {}
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"], responses=refusal)
     async def unload(request: Request, model: str) -> dict:
-        await plane.control(model, Action.UNLOAD, request.headers)
+        await plane.model_control(model, Action.UNLOAD, request.headers)
         return {}
 
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)

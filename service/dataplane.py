@@ -69,6 +69,9 @@ class Call:
 
 
 class DataPlane:
+    """Made once in the main process before the HTTP processes fork: each process then uses
+    its own copy, over the engine's shared memory."""
+
     def __init__(
         self, models: list[ModelVersions], settings: Settings, engine: Engine, device: str
     ) -> None:
@@ -104,6 +107,11 @@ class DataPlane:
     def model_names(self, credentials: Credentials) -> list[str]:
         self.authorise(credentials)
         return sorted(self.models)
+
+    def in_flight(self, name: str) -> int:
+        """The model's requests admitted and not yet answered, every version's, across every
+        HTTP process (for the queue metrics)."""
+        return sum(self.engine.in_flight(key) for key in self.model(name).placed_keys())
 
     # -- models --------------------------------------------------------------------------
 
@@ -160,7 +168,7 @@ class DataPlane:
         self.authorise(credentials)
         return await control.index(list(self.models.values()), self.settings, ready_only)
 
-    async def control(self, name: str, action: Action, credentials: Credentials) -> None:
+    async def model_control(self, name: str, action: Action, credentials: Credentials) -> None:
         """Load or unload a model (explicit model control)."""
         self.authorise(credentials)
         models = list(self.models.values())

@@ -134,12 +134,12 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @answers
     async def RepositoryModelLoad(self, request, context):
-        await self.plane.control(request.model_name, Action.LOAD, credentials(context))
+        await self.plane.model_control(request.model_name, Action.LOAD, credentials(context))
         return service_pb2.RepositoryModelLoadResponse()
 
     @answers
     async def RepositoryModelUnload(self, request, context):
-        await self.plane.control(request.model_name, Action.UNLOAD, credentials(context))
+        await self.plane.model_control(request.model_name, Action.UNLOAD, credentials(context))
         return service_pb2.RepositoryModelUnloadResponse()
 
     # -- inference -----------------------------------------------------------------------

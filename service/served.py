@@ -66,6 +66,10 @@ class ModelVersions:
         """This model's slots in the version table, by version: serving, loading or retiring."""
         return {s.version: s for s in self.engine.table.slots() if s.model == self.name}
 
+    def placed_keys(self) -> list[str]:
+        """The engine's keys of the versions with workers: serving, loading or retiring."""
+        return [slot.key for slot in self.slots().values()]
+
     def is_unloaded(self) -> bool:
         return self.engine.table.is_unloaded(self.name)
 

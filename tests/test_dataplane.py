@@ -176,6 +176,16 @@ def test_readiness_says_why_a_model_is_not_ready(plane):
     assert run(plane.plane.server_ready()) == (False, "not ready: the server is shutting down")
 
 
+def test_requests_in_flight_count_every_version_with_workers(plane):
+    plane.engine.counts[plane.slot(1)] = 3  # three admitted requests, not answered yet
+    plane.engine.counts[plane.slot(2)] = 2
+    assert plane.plane.in_flight(MODEL) == 5
+    plane.table.set_state(plane.slot(1), State.RETIRING)  # still answering what it admitted
+    assert plane.plane.in_flight(MODEL) == 5
+    plane.table.set_state(plane.slot(1), State.FREE)
+    assert plane.plane.in_flight(MODEL) == 2
+
+
 def test_metadata_config_and_model_list(plane):
     metadata = plane.plane.model_metadata(MODEL, "1", {})
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
@@ -195,7 +205,7 @@ def test_the_repository_index_reports_each_versions_state(plane):
 
 def test_control_refuses_a_model_not_served_since_start_and_a_mode_not_explicit(plane):
     with pytest.raises(BadRequest, match="only the models served since start"):
-        run(plane.plane.control("other", Action.LOAD, {}))
+        run(plane.plane.model_control("other", Action.LOAD, {}))
     plane.settings = plane.settings.model_copy(update={"model_control": "poll"})
     with pytest.raises(BadRequest, match="the model control mode is poll"):
         run(

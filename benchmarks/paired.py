@@ -84,7 +84,7 @@ def measure(args, model: str) -> list[dict]:
 
 def commit(checkout: Path | None) -> str:
     done = subprocess.run(
-        ["git", "-C", str(checkout or "."), "log", "-1", "--format=%h %s"],
+        ["git", "-C", str(checkout or "."), "log", "-1", "--format=%h"],
         capture_output=True,
         text=True,
     )

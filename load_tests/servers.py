@@ -101,7 +101,8 @@ def running_service(repository: Path, log_dir: Path, checkout: Path | None = Non
     the package in the working directory); `settings` become TENSORGATE_* variables, e.g.
     batch_timeout=0.5."""
     port = free_port()
-    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env = {**os.environ, "TENSORGATE_PORT": str(port)}
+    env["TENSORGATE_REPOSITORY"] = str(Path(repository).resolve())  # the checkout may be elsewhere
     env["TENSORGATE_GRPC_PORT"] = str(free_port())  # Triton's 8001 may be another's
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each service makes its own
     env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})

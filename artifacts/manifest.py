@@ -12,6 +12,7 @@ into a staging folder that is renamed into place whole.
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Literal, NamedTuple, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_NAME = "manifest.json"
+DEFAULT_REPOSITORY = Path("model_repository")
+REPOSITORY_VARIABLE = "TENSORGATE_REPOSITORY"  # the service's setting, which export follows too
 EXAMPLES_NAME = "examples.npy"  # held-out inputs, (N, *input) float32, for load tests and docs
 SCHEMA_VERSION = 1
 
@@ -210,3 +213,9 @@ def versions(model_dir: Path) -> list[int]:
         return []
     found = (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     return sorted(int(p.name) for p in found if (p / MANIFEST_NAME).is_file())
+
+
+def default_repository() -> Path:
+    """The repository a command works on when none is named: the service's setting
+    (TENSORGATE_REPOSITORY), else ./model_repository."""
+    return Path(os.environ.get(REPOSITORY_VARIABLE) or DEFAULT_REPOSITORY)

@@ -5,15 +5,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from artifacts.manifest import BACKENDS, Serving, read_manifest
+from artifacts.manifest import BACKENDS, Serving, default_repository, read_manifest
 from training.checkpoint import CHECKPOINT_NAME
 from training.registry import ALL_MODELS, REGISTRY
 
 from .importer import ImportFailed, import_model, parse_tensor
-from .pipeline import export_model
+from .pipeline import export_model, not_publishable
 from .verify import ParityError
 
 DEFAULTS = Serving()
+REPOSITORY_HELP = "the model repository (default: $TENSORGATE_REPOSITORY, else model_repository)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", choices=[*ALL_MODELS, "all"], default="all")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="training runs folder")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--repository", type=Path, default=default_repository(), help=REPOSITORY_HELP
+    )
     parser.add_argument(
         "--backend", choices=BACKENDS, default=DEFAULTS.backend,
         help=f"the backend the service uses for this version (default: {DEFAULTS.backend})",
@@ -36,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)
     parser.add_argument(
         "--batch-timeout", type=float, default=DEFAULTS.batch_timeout, help="seconds"
+    )
+    parser.add_argument(
+        "--allow-below-bar",
+        action="store_true",
+        help="publish a checkpoint from a dry run or below its model's accuracy bar",
     )
     args = parser.parse_args(argv)
     serving = Serving(
@@ -53,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             "(make export trains what is missing)",
             file=sys.stderr,
         )
+        return 1
+    refused = [not_publishable(args.runs / n / CHECKPOINT_NAME) for n in names]
+    refused = [why for why in refused if why is not None]
+    if refused and not args.allow_below_bar:
+        for why in refused:
+            print(f"not exported: {why}", file=sys.stderr)
+        print("train it fully (python -m training), or give --allow-below-bar", file=sys.stderr)
         return 1
     for name in names:
         try:
@@ -78,7 +93,9 @@ def import_main(argv: list[str]) -> int:
     )
     parser.add_argument("file", type=Path, help="a .onnx file, or a TorchScript .pt file")
     parser.add_argument("--name", required=True, help="the model's name in the repository")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--repository", type=Path, default=default_repository(), help=REPOSITORY_HELP
+    )
     tensor = "NAME:DATATYPE:D1,D2,... batch first, -1 for a dynamic axis (TorchScript only)"
     parser.add_argument("--input", action="append", default=[], metavar="TENSOR", help=tensor)
     parser.add_argument("--output", action="append", default=[], metavar="TENSOR", help=tensor)

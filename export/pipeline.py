@@ -1,5 +1,6 @@
 """From a training checkpoint to a new, verified version in the model repository."""
 
+import json
 import secrets
 import shutil
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from artifacts.manifest import (
     write_manifest,
 )
 from training import load_checkpoint, registry
+from training.run import METRICS_NAME
 
 from .formats import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, write_onnx, write_torchscript
 from .verify import VerifyReport, artifact_runners, verify
@@ -96,6 +98,28 @@ def build_manifest(
         },
         created=datetime.now(UTC),
     )
+
+
+def not_publishable(checkpoint_path: Path) -> str | None:
+    """Why a checkpoint should not become a served version, from its run's metrics.json: a
+    dry run, or held-out accuracy below the model's bar; None when it is fine."""
+    metrics_path = checkpoint_path.parent / METRICS_NAME
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return (
+            f"{checkpoint_path}: its run has no readable {METRICS_NAME}, so its accuracy is unknown"
+        )
+    bar = registry.get(metrics["model"]).accuracy_bar
+    accuracy = metrics["test_accuracy"]
+    problems = []
+    if metrics.get("dry_run"):
+        problems.append("came from a dry run (python -m training --dry-run)")
+    if accuracy < bar:
+        problems.append(
+            f"has held-out accuracy {accuracy:.4f}, below {metrics['model']}'s bar {bar}"
+        )
+    return f"{checkpoint_path} {' and '.join(problems)}" if problems else None
 
 
 def export_model(

@@ -13,6 +13,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from artifacts.manifest import default_repository
+
 from .servers import running_service
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -28,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repository",
         type=Path,
-        default=Path("model_repository"),
-        help="what the started service serves, and where the payloads come from",
+        default=default_repository(),
+        help="what the started service serves, and where the payloads come from (default: "
+        "$TENSORGATE_REPOSITORY, else model_repository)",
     )
     parser.add_argument("--users", type=int, default=16, help="concurrent users (default 16)")
     parser.add_argument("--spawn-rate", type=float, default=8, help="users started per second")

@@ -14,7 +14,6 @@ non-zero, naming it.
 """
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +26,7 @@ import numpy as np
 from locust import FastHttpUser, events, tag
 from tritonclient.grpc import service_pb2_grpc
 
+from artifacts.manifest import default_repository
 from load_tests.payloads import (
     PROTOCOLS,
     Case,
@@ -53,7 +53,7 @@ logger = logging.getLogger("tensorgate.locust")
 def _options(parser) -> None:
     parser.add_argument(
         "--repository",
-        default=os.environ.get("TENSORGATE_REPOSITORY", "model_repository"),
+        default=str(default_repository()),
         help="the model repository the service serves: payloads come from its manifests",
     )
     parser.add_argument(

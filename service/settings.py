@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from artifacts.manifest import Backend
+from artifacts.manifest import DEFAULT_REPOSITORY, Backend
 
 from .host import usable_cores
 
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         le=65535,
         description="port for the Open Inference Protocol over gRPC (Triton's 8001); 0: none",
     )
-    repository: Path = Field(Path("model_repository"), description="the model repository")
+    repository: Path = Field(DEFAULT_REPOSITORY, description="the model repository")
     models: str | None = Field(
         None,
         description="comma-separated models to serve, each NAME or NAME:VERSION to pin a version; "

@@ -18,7 +18,7 @@ from artifacts.manifest import BACKENDS, EXAMPLES_NAME, read_manifest, sha256_fi
 from export.formats import INPUT_NAME, OUTPUT_NAME, write_onnx
 from export.pipeline import EXAMPLES, export_model
 from export.verify import TOLERANCE, ParityError
-from training import REGISTRY, load_checkpoint
+from training import REGISTRY, load_checkpoint, train_and_save
 from training.checkpoint import CHECKPOINT_NAME
 
 
@@ -170,6 +170,33 @@ def test_cli_exports_and_says_when_a_checkpoint_is_missing(full_runs, tmp_path):
     assert missing.returncode == 1
     assert "no checkpoint for mlp, resnet, transformer" in missing.stderr
     assert "python -m training" in missing.stderr
+
+
+def test_the_cli_follows_the_services_repository_setting_and_the_flag_wins(full_runs, tmp_path):
+    runs, _ = full_runs
+    cmd = [sys.executable, "-m", "export", "--runs", str(runs), "--model", "mlp"]
+    env = {**os.environ, "TENSORGATE_REPOSITORY": str(tmp_path / "from-env")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert versions(tmp_path / "from-env" / "mlp") == [1]
+    assert not (tmp_path / "model_repository").exists()
+    flag = [*cmd, "--repository", str(tmp_path / "from-flag")]
+    done = subprocess.run(flag, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and versions(tmp_path / "from-flag" / "mlp") == [1]
+
+
+def test_the_cli_refuses_a_dry_run_or_below_bar_checkpoint_unless_allowed(tmp_path):
+    train_and_save("mlp", tmp_path / "runs", "cpu", dry_run=True, progress=False)
+    cmd = [sys.executable, "-m", "export", "--runs", str(tmp_path / "runs"), "--model", "mlp",
+           "--repository", str(tmp_path / "repo")]  # fmt: skip
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 1 and not (tmp_path / "repo").exists()
+    assert "came from a dry run" in refused.stderr and "--allow-below-bar" in refused.stderr
+    # seeded: a dry run of mlp always ends at 0.3947 held-out accuracy
+    assert "held-out accuracy 0.3947, below mlp's bar 0.95" in refused.stderr
+    allowed = subprocess.run([*cmd, "--allow-below-bar"], capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr
+    assert versions(tmp_path / "repo" / "mlp") == [1]
 
 
 @pytest.mark.cuda

@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +76,12 @@ def test_cli_dry_run_and_bad_arguments(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "transformer: test accuracy" in done.stdout
     assert (tmp_path / "transformer" / CHECKPOINT_NAME).exists()
+    scratch = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert scratch.returncode == 0, scratch.stderr
+    assert not (tmp_path / "runs").exists()  # a dry run leaves the runs folder alone
+    written = scratch.stdout.split("wrote ")[-1].strip().rstrip("/")
+    assert "tensorgate-dry-run-" in written and Path(written, CHECKPOINT_NAME).is_file()
+    shutil.rmtree(Path(written).parent)
     bad = subprocess.run(
         [sys.executable, "-m", "training", "--model", "vgg"], capture_output=True, text=True
     )

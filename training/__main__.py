@@ -2,10 +2,13 @@
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from .registry import ALL_MODELS, REGISTRY
 from .run import train_and_save
+
+RUNS = Path("runs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         help="which model; all: the served ones, not the benchmark-only resnet-cifar",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs"), help="runs folder (default: runs)"
+        "--out",
+        type=Path,
+        help="runs folder (default: runs; for --dry-run, a new temporary folder, so that a "
+        "smoke test never replaces a real run's checkpoint)",
     )
     parser.add_argument(
         "--device",
@@ -33,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="a few batches of two epochs: a smoke test"
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="tensorgate-dry-run-")) if args.dry_run else RUNS
 
     names = list(REGISTRY) if args.model == "all" else [args.model]
     failed = []

@@ -57,7 +57,7 @@ loadtest: $(STAMP)
 bench: $(STAMP) $(foreach m,$(MODELS),$(RUNS)/$(m)/checkpoint.pt)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
 	@if [ -z "$$(ls -A $(REPOSITORY) 2>/dev/null)" ]; then $(MAKE) --no-print-directory export; fi
-	$(PY) -m benchmarks --runs $(RUNS) --repository $(REPOSITORY)
+	$(PY) -m benchmarks --runs $(RUNS) --repository $(REPOSITORY) --out docs/benchmarks
 
 docker:
 	@docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine; none answers here" >&2; exit 1; }

@@ -10,8 +10,10 @@ same pipeline on first use, into its own repository (--bench-repository), so tha
 `make serve` never serves it.
 
 Writes results.json, results.md (tables) and bench.png (throughput and p99 vs concurrency)
-to --out (docs/benchmarks/). The 2 cores are not split: wrk (one thread, C, event-driven)
-and the server share them, the same for every server, so ratios compare like with like.
+to --out: runs/bench/ by default, a scratch folder, so a quick run never replaces the
+committed results; `make bench` writes docs/benchmarks/. Servers' logs go to --logs. The 2
+cores are not split: wrk (one thread, C, event-driven) and the server share them, the same
+for every server, so ratios compare like with like.
 """
 
 import argparse
@@ -77,6 +79,10 @@ class Point:
     rps_rounds: list[float] = field(default_factory=list)  # each round's; rps is their median
 
 
+SCRATCH = Path("runs/bench")  # where a benchmark writes unless told: ignored by git
+LOGS = Path("runs/bench-logs")
+
+
 def side_parser(
     prog: str, out: str, concurrency: list[int], rounds: int, duration: float
 ) -> argparse.ArgumentParser:
@@ -88,8 +94,11 @@ def side_parser(
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--bench-repository", type=Path, default=Path("runs/bench-repository"))
-    parser.add_argument("--logs", type=Path, default=Path("runs/bench-logs"))
-    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--logs", type=Path, default=LOGS)
+    parser.add_argument(
+        "--out", type=Path, default=SCRATCH / out,
+        help=f"the report (default: {SCRATCH / out}; the committed one: docs/benchmarks/{out})",
+    )  # fmt: skip
     return parser
 
 
@@ -425,10 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         "--bench-repository", type=Path, default=Path("runs/bench-repository"),
         help="where the benchmark-only models are exported (default: runs/bench-repository)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument(
+        "--out", type=Path, default=SCRATCH,
+        help=f"where the results go (default: {SCRATCH}; make bench: docs/benchmarks)",
+    )  # fmt: skip
+    parser.add_argument("--logs", type=Path, default=LOGS, help=f"servers' logs (default: {LOGS})")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.logs = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
+    args.logs.mkdir(parents=True, exist_ok=True)
     prepare_benchmark_models(args)
 
     from .report import write_report  # matplotlib only when there is something to plot

@@ -17,6 +17,8 @@ import orjson
 
 from service.protocol import Signature, Tensor, encode_v1, parse_v1
 
+from .__main__ import SCRATCH
+
 SIZES = (1, 64, 1024)
 SIGNATURE = Signature(
     model="mlp",
@@ -100,9 +102,13 @@ def report(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.codec", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/json.md"))
+    parser.add_argument(
+        "--out", type=Path, default=SCRATCH / "json.md",
+        help=f"the report (default: {SCRATCH / 'json.md'}; committed: docs/benchmarks/json.md)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(measure(args.seconds)))
     print(f"wrote {args.out}")
 

@@ -157,7 +157,7 @@ def report(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out, concurrency = "docs/benchmarks/grpc.md", [1, 16, 64]
+    out, concurrency = "grpc.md", [1, 16, 64]
     parser = side_parser(
         "python -m benchmarks.grpc_vs_http", out, concurrency, rounds=2, duration=5.0
     )

@@ -82,7 +82,7 @@ def report(rows: list[dict], args, values: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out, concurrency = "docs/benchmarks/haltpoll.md", [1, 2, 4, 16, 64]
+    out, concurrency = "haltpoll.md", [1, 2, 4, 16, 64]
     parser = side_parser("python -m benchmarks.haltpoll", out, concurrency, rounds=6, duration=2.0)
     parser.add_argument("--values", nargs="*", type=int, default=[1_000_000], help="ns, too")
     args = parser.parse_args(argv)

@@ -121,7 +121,7 @@ def report(rows: list[dict], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out, concurrency = "docs/benchmarks/worker-spin.md", [1, 2, 4, 8, 16, 64]
+    out, concurrency = "worker-spin.md", [1, 2, 4, 8, 16, 64]
     parser = side_parser("python -m benchmarks.paired", out, concurrency, rounds=8, duration=2.0)
     parser.add_argument(
         "--set",

@@ -55,6 +55,17 @@ def test_the_benchmark_harness_measures_and_reports(exported, tmp_path):
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("module", ["benchmarks", "benchmarks.paired", "benchmarks.codec"])
+def test_a_benchmark_writes_to_a_scratch_folder_unless_told_and_make_bench_tells_it(module):
+    """A quick run must not replace the committed results in docs/benchmarks/."""
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "(default: runs/bench" in " ".join(done.stdout.split())
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert (
+        "-m benchmarks --runs $(RUNS) --repository $(REPOSITORY) --out docs/benchmarks" in makefile
+    )
+
+
 @pytest.mark.tools("wrk")
 def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
     runs, repository, out = tmp_path / "runs", tmp_path / "bench-repository", tmp_path / "out"
@@ -70,6 +81,7 @@ def test_the_compute_heavy_model_is_trained_exported_and_measured(tmp_path):
         "1",
     ]
     command += ["--runs", str(runs), "--bench-repository", str(repository), "--out", str(out)]
+    command += ["--logs", str(tmp_path / "logs")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = json.loads((repository / "resnet-cifar" / "1" / "manifest.json").read_text())

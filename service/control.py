@@ -19,7 +19,7 @@ async def index(models: list[ModelVersions], settings: Settings, ready_only: boo
     """Every version in the repository, read now, with its state: READY, LOADING (warming up
     or restarting) or UNAVAILABLE and why."""
     entries = [entry for m in models for entry in await index_entries(m, settings)]
-    entries += unserved_entries(settings.repository, {m.name for m in models})
+    entries += unserved_entries(settings, {m.name for m in models})
     entries.sort(key=lambda e: (e["name"], int(e["version"])))
     return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 

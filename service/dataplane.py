@@ -126,9 +126,9 @@ class DataPlane:
             return Readiness(False, f"model '{name}' is loading or restarting")
         return Readiness(True)
 
-    async def model_status(self, name: str, credentials: Credentials) -> dict:
-        """KServe V1's model status: the highest serving version's readiness."""
-        self.authorise(credentials)
+    async def model_status(self, name: str) -> dict:
+        """KServe V1's model status, the highest serving version's readiness: open like the
+        V2 readiness route, for the same probes."""
         model = self.model(name)
         return {"name": name, "ready": await model.ready(model.served(None).version)}
 

@@ -375,7 +375,9 @@ def _dumps(doc: dict) -> bytes:
 
 def encode_v1(outputs: Tensors, sig: Signature) -> bytes:
     """With labels: each instance's label, index and probabilities. Without: each instance's
-    row of the one output, or an object of every output's rows by name."""
+    row of the one output, or an object of every output's rows by name. Beside them, as KServe
+    V1 allows, the model and the version that computed them."""
+    which = {"model_name": sig.model, "model_version": str(sig.version)}
     if sig.labels:
         probabilities = np.ascontiguousarray(outputs[0])  # orjson takes contiguous rows only
         best = probabilities.argmax(axis=1)
@@ -383,13 +385,13 @@ def encode_v1(outputs: Tensors, sig: Signature) -> bytes:
             {"label": sig.labels[i], "index": int(i), "probabilities": row}
             for i, row in zip(best, probabilities, strict=True)
         ]
-        return _dumps({"predictions": predictions})
+        return _dumps({"predictions": predictions, **which})
     rows = [np.ascontiguousarray(out) for out in outputs]
     if len(rows) == 1:
-        return _dumps({"predictions": list(rows[0])})
+        return _dumps({"predictions": list(rows[0]), **which})
     names = [t.name for t in sig.outputs]
     predictions = [dict(zip(names, row, strict=True)) for row in zip(*rows, strict=True)]
-    return _dumps({"predictions": predictions})
+    return _dumps({"predictions": predictions, **which})
 
 
 def encode_v2(outputs: Tensors, sig: Signature, request: Decoded) -> tuple[bytes, dict]:

@@ -142,7 +142,7 @@ class ModelRoutes(LitSpec):
         return Response(content, media_type=media, headers=headers)
 
     async def v1_status(self, request: Request) -> dict:
-        return await self.plane.model_status(self.name, request.headers)
+        return await self.plane.model_status(self.name)
 
     async def v2_metadata(self, request: Request, version: str | None = None) -> dict:
         return self.plane.model_metadata(self.name, version, request.headers)

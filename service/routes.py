@@ -56,7 +56,7 @@ READY_ERRORS = (NotFound, Overloaded)  # 503 while the model loads or restarts; 
 MODEL_ROUTES: tuple[Route, ...] = (
     Route("POST", V1 + ":predict", "v1_predict", schemas.V1Response, schemas.v1_request,
           errors=INFER_ERRORS, hot=True),
-    Route("GET", V1, "v1_status", schemas.ModelReady),
+    Route("GET", V1, "v1_status", schemas.ModelReady, errors=READY_ERRORS),
     Route("POST", V2 + "/infer", "v2_infer", schemas.V2InferResponse, schemas.v2_request,
           binary=True, errors=INFER_ERRORS, hot=True),
     Route("POST", V2_VERSION + "/infer", "v2_infer", schemas.V2InferResponse,

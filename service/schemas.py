@@ -33,6 +33,8 @@ class V1Response(BaseModel):
         description="with labels, a label, index and probabilities per instance; without, "
         "the instance's output row, or an object of every output's rows by name"
     )
+    model_name: str
+    model_version: str = Field(description="the version that computed the predictions")
 
 
 class TritonTensorConfig(BaseModel):

@@ -4,8 +4,6 @@ perf_analyzer, model-analyzer and tritonclient read) and the model repository in
 (`POST /v2/repository/index`, read from the repository and the version table at each
 call)."""
 
-from pathlib import Path
-
 from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
 from .engine import Slot, State
@@ -93,12 +91,18 @@ NOT_LOADED = {  # why a version the policy picks has no workers, by model contro
 }
 
 
-def unserved_entries(repository: Path, served: set[str]) -> list[dict]:
-    """The repository's other models: UNAVAILABLE."""
+def unserved_entries(settings: Settings, served: set[str]) -> list[dict]:
+    """The repository's other models: UNAVAILABLE, and why."""
+    repository = settings.repository
     folders = (p for p in repository.iterdir() if p.is_dir() and p.name not in served)
+    left_out = settings.pinned is not None  # TENSORGATE_MODELS names what is served
+    reason = (
+        "not served (TENSORGATE_MODELS)"
+        if left_out
+        else "added after the server started: restart it to serve a new model"
+    )
     return [
-        {"name": p.name, "version": str(v), "state": "UNAVAILABLE",
-         "reason": "not served (TENSORGATE_MODELS)"}
+        {"name": p.name, "version": str(v), "state": "UNAVAILABLE", "reason": reason}
         for p in sorted(folders)
         for v in versions(p)
-    ]  # fmt: skip
+    ]

@@ -20,15 +20,15 @@ MODEL = "doubler"
 KEY = {"x-api-key": "s3cret"}
 
 
-def publish(repository: Path, version: int) -> None:
+def publish(repository: Path, version: int, name: str = MODEL) -> None:
     """A version folder as export writes it: a file and its manifest (the file is never run
     here: the workers below compute in Python)."""
-    folder = repository / MODEL / str(version)
+    folder = repository / name / str(version)
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"doubler %d" % version)
     spec = [-1, 3]
     manifest = Manifest(
-        name=MODEL,
+        name=name,
         version=version,
         task="imported",
         inputs=[TensorSpec(name="x", datatype="FP32", shape=spec)],

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from planes import KEY, MODEL, Plane
+from planes import KEY, MODEL, Plane, publish
 from prometheus_client import REGISTRY
 
 from service import control
@@ -23,6 +23,7 @@ from service.errors import (
     Unavailable,
 )
 from service.protocol import Decoded
+from service.settings import Settings
 
 
 @pytest.fixture
@@ -117,6 +118,7 @@ def test_with_a_key_set_the_key_is_checked_before_anything_else_and_counted_by_t
     assert calls == [] and requests_total("2", "grpc", "UNAUTHENTICATED") == before + 1
     with pytest.raises(Unauthorized):
         keyed.plane.model_metadata(MODEL, None, {})
+    assert run(keyed.plane.model_status(MODEL)) == {"name": MODEL, "ready": True}  # a probe
     done = run(keyed.plane.infer(MODEL, None, "grpc", KEY, decoder()))
     assert done.model.version == 2
     assert keyed.plane.model_metadata(MODEL, None, KEY)["versions"] == ["1", "2"]
@@ -201,6 +203,19 @@ def test_the_repository_index_reports_each_versions_state(plane):
     assert [(e["version"], e["state"]) for e in entries] == [("1", "UNAVAILABLE"), ("2", "READY")]
     assert entries[0]["reason"] == "unloading: answering the requests it admitted"
     assert run(plane.plane.repository_index(True, {})) == [entries[1]]
+
+
+def test_the_index_says_a_model_added_while_serving_needs_a_restart(plane, tmp_path):
+    publish(tmp_path, 1, name="newcomer")
+    entries = run(plane.plane.repository_index(False, {}))
+    [new] = [e for e in entries if e["name"] == "newcomer"]
+    assert new["state"] == "UNAVAILABLE"
+    assert new["reason"] == "added after the server started: restart it to serve a new model"
+    pinned = Settings(repository=tmp_path, models=MODEL)
+    entries = run(control.index([plane.models], pinned, False))
+    assert [e["reason"] for e in entries if e["name"] == "newcomer"] == [
+        "not served (TENSORGATE_MODELS)"
+    ]
 
 
 def test_control_refuses_a_model_not_served_since_start_and_a_mode_not_explicit(plane):

@@ -51,10 +51,11 @@ def test_the_api_key_guards_inference_and_metadata_but_not_health_or_metrics(exp
         for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
             assert s.post("/v1/models/mlp:predict", json=body, headers=headers).status_code == 200
             assert s.get("/v2/models/mlp", headers=headers).status_code == 200
-        for path in ("/v2", "/v2/models/mlp", "/v1/models/mlp"):
+        for path in ("/v2", "/v2/models/mlp", "/v1/models"):
             assert s.get(path).status_code == 401, path
         for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
             assert s.get(path).status_code == 200, path
+        assert s.get("/v1/models/mlp").json() == {"name": "mlp", "ready": True}  # readiness
         client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
         input_name, output_name = tensors(exported, "mlp")
         tensor = httpclient.InferInput(input_name, [1, 30], "FP32")

@@ -192,7 +192,9 @@ def test_good_bodies_give_back_the_same_batch_in_every_encoding(name):
 def test_answers_are_encoded_with_labels_and_exact_bytes(name):
     sig = SIGNATURES[name]
     p = np.random.default_rng(1).dirichlet(np.ones(len(sig.labels)), 4).astype(np.float32)
-    predictions = json.loads(encode_v1((p,), sig))["predictions"]
+    v1 = json.loads(encode_v1((p,), sig))
+    assert (v1["model_name"], v1["model_version"]) == (name, "1")
+    predictions = v1["predictions"]
     assert [r["label"] for r in predictions] == [sig.labels[i] for i in p.argmax(axis=1)]
     assert [r["index"] for r in predictions] == p.argmax(axis=1).tolist()
     request = parse_v2(*binary(binary_tensor(sig, 4 * size(sig)), bytes(4 * size(sig))), sig)

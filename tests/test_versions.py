@@ -35,6 +35,7 @@ def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
         latest = s.post("/v2/models/mlp/infer", json=v2_json(x)).json()
         assert latest["model_version"] == "2"
         v1 = s.post("/v1/models/mlp:predict", json={"instances": x.tolist()}).json()
+        assert (v1["model_name"], v1["model_version"]) == ("mlp", "2")
         got = np.array([p["probabilities"] for p in v1["predictions"]], np.float32)
         np.testing.assert_allclose(got, expected[2], atol=1e-5, rtol=0)
         assert s.get("/v2/models/mlp").json()["versions"] == ["1", "2"]

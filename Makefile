@@ -26,6 +26,7 @@ help:
 	@echo "make docker     build the images tensorgate:cuda and tensorgate:cpu (needs a Docker engine)"
 	@echo "make image-test build the CPU image with buildah, no Docker engine, and serve from it (root)"
 	@echo "make lint       ruff check and ruff format --check"
+	@echo "make format    ruff check --fix and ruff format: what make lint asks for"
 	@echo "make clean      remove .venv, $(RUNS)/ and caches"
 
 $(STAMP): pyproject.toml

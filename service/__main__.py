@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .settings import LOG_FORMAT, Settings
+from .settings import LOG_FORMAT, Settings, describe, from_command_line
 
 logger = logging.getLogger("tensorgate")
 
@@ -36,9 +36,9 @@ def metrics_dir() -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = Settings(_cli_parse_args=argv if argv is not None else True)
-    except (ValidationError, ValueError) as e:
-        print(f"invalid settings: {e}", file=sys.stderr)
+        settings = from_command_line(argv)
+    except ValidationError as e:
+        print(f"invalid settings:\n{describe(e)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     with metrics_dir():

@@ -212,7 +212,10 @@ def check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise RuntimeError(f"gRPC port {port} (TENSORGATE_GRPC_PORT) is taken: {e}") from None
+            raise RuntimeError(
+                f"gRPC port {port} (TENSORGATE_GRPC_PORT) is taken: {e}; a second instance "
+                "needs its own TENSORGATE_PORT and TENSORGATE_GRPC_PORT (0: no gRPC)"
+            ) from None
 
 
 @asynccontextmanager

@@ -1,11 +1,20 @@
 """The service's settings: one typed object, from TENSORGATE_* env vars or matching CLI flags
 (`python -m service --help`), validated once at start."""
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
 
 from artifacts.manifest import DEFAULT_REPOSITORY, Backend
 
@@ -19,22 +28,28 @@ MAX_DEFAULT_API_SERVERS = 4
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the main process's and the workers' logs
 
 
+CLI_OPTIONS = {
+    "cli_kebab_case": True,
+    "cli_implicit_flags": True,
+    # --help then says "(default: unset)" once, where the description says what unset means
+    "cli_parse_none_str": "unset",
+    "cli_hide_none_type": True,
+}
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TENSORGATE_",
-        cli_prog_name="python -m service",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        # --help then says "(default: unset)" once, where the description says what unset means
-        cli_parse_none_str="unset",
-        cli_hide_none_type=True,
-        extra="forbid",
-    )
+    model_config = SettingsConfigDict(env_prefix="TENSORGATE_", extra="forbid")
     _pinned: dict[str, int | None] | None = PrivateAttr(None)
     _policies: dict[str, "VersionPolicy"] = PrivateAttr(default_factory=dict)
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
-    port: int = Field(8000, ge=1024, le=65535, description="port to listen on")
+    port: int = Field(
+        8000,
+        ge=1024,
+        le=65535,
+        description="port to listen on, 1024-65535; a second instance needs its own "
+        "--port and --grpc-port",
+    )
     grpc_port: int = Field(
         8001,
         ge=0,
@@ -100,7 +115,9 @@ class Settings(BaseSettings):
         description="the longest a batch may wait to fill, in seconds; unset: the manifest's",
     )
     request_timeout: float = Field(30.0, gt=0, description="seconds before a request answers 504")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger bodies answer 413")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="larger bodies answer 413; at least 1024"
+    )
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_queue: int = Field(
         256,
@@ -118,7 +135,9 @@ class Settings(BaseSettings):
         None,
         description="when set, inference and metadata calls need it; health and metrics stay open",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level, in any case"
+    )
     access_log: bool = Field(
         False,
         description="log a line per request (uvicorn's access log; errors are logged regardless)",
@@ -129,6 +148,11 @@ class Settings(BaseSettings):
         if self.api_servers is None:
             self.api_servers = min(MAX_DEFAULT_API_SERVERS, usable_cores())
         return self
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @field_validator("grpc_port")
     @classmethod
@@ -230,3 +254,62 @@ class VersionPolicy(NamedTuple):
         if self.kind == "all":
             return {"all": {}}
         return {"specific": {"versions": list(self.numbers)}}
+
+
+# What --help shows for a value, where the type's name would say little.
+METAVARS = {
+    "host": "ADDRESS",
+    "repository": "DIR",
+    "models": "NAMES",
+    "version_policy": "POLICIES",
+    "api_key": "KEY",
+}
+TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is in seconds
+
+
+def env_name(field: str) -> str:
+    return f"TENSORGATE_{field.upper()}"
+
+
+def from_command_line(argv: list[str] | None) -> Settings:
+    """The settings from the environment and the command line (None: sys.argv); --help names
+    each flag's variable and default."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the model repository. Each flag has an environment variable; the "
+        "flag wins.",
+    )
+    source = CliSettingsSource(Settings, root_parser=parser, **CLI_OPTIONS)
+    for action in parser._actions:  # argparse's list of what it parses
+        field = action.dest
+        if field not in Settings.model_fields:
+            continue
+        annotation = Settings.model_fields[field].annotation
+        metavar = METAVARS.get(field) or TYPE_METAVARS.get(_plain(annotation))
+        if metavar and action.metavar is not None:
+            action.metavar = metavar
+        action.help = f"{action.help} [{env_name(field)}]"
+    return Settings(_cli_settings_source=source(args=sys.argv[1:] if argv is None else argv))
+
+
+def _plain(annotation: object) -> object:
+    """int for `int | None`, and so on."""
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    return args[0] if len(args) == 1 else annotation
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, naming the variable, the value given and what is allowed."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            field = str(problem["loc"][0])
+            flag = "--" + field.replace("_", "-")
+            lines.append(
+                f"{env_name(field)} ({flag}) = {problem['input']!r}: {message[0].lower()}"
+                f"{message[1:]}"
+            )
+        else:
+            lines.append(message)
+    return "\n".join(lines)

@@ -3,6 +3,7 @@ the response checks that turn a wrong 200 into a failure."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -75,6 +76,19 @@ def test_an_impossible_slo_fails_the_run_and_names_it(default_service, tmp_path)
     assert done.returncode == 1
     assert "SLO violated" in done.stderr and "p99" in done.stderr and "> SLO 0.01 ms" in done.stderr
     assert set(rows) == {"resnet v1", "resnet v2", "resnet v2-binary", "resnet grpc", "Aggregated"}
+
+
+def test_help_lists_every_option_the_users_take_with_its_default():
+    done = subprocess.run(
+        [sys.executable, "-m", "load_tests", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for option, default in (("--slo-p95-ms", "150.0"), ("--slo-p99-ms", "300.0"),
+                            ("--slo-failure-ratio", "0.0"), ("--instances", "1")):  # fmt: skip
+        assert re.search(rf"{option} \S+ [^-]*\(?(default: )?{re.escape(default)}\)", text), option
+    for option in ("--model-weights", "--protocol-weights", "--api-key", "--grpc-target"):
+        assert option in text
 
 
 CASE = Case("mlp", "v1", "/v1/models/mlp:predict", [], instances=2, labels=("malignant", "benign"))

@@ -1,6 +1,7 @@
 """Start-ups that must be refused, each naming the problem: a tampered artifact, a broken
 manifest, CUDA without a GPU, bad settings; and `--help`."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -75,12 +76,28 @@ def test_bad_settings_exit_2_and_help_lists_the_flags():
     ):
         assert flag in done.stdout
     options = re.split(r"\n  (?=-)", done.stdout.split("options:", 1)[1])
-    for option in options[2:]:  # after -h
+    for option in options[2:]:  # after -h: each its default and its variable, once
+        flag = option.split()[0].removeprefix("--").rstrip(",")
         assert option.count("(default") == 1, option
+        assert f"[TENSORGATE_{flag.upper().replace('-', '_')}]" in " ".join(option.split())
+    usage = done.stdout.split("options:", 1)[0]
+    assert not re.search(r"\b(str|int|float|Path|SecretStr)\]", usage), usage
     done = subprocess.run(
         [sys.executable, "-m", "service", "--device", "gpu"], capture_output=True, text=True
     )
-    assert done.returncode == 2 and "invalid settings" in done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "invalid settings:",
+        "TENSORGATE_DEVICE (--device) = 'gpu': input should be 'auto', 'cpu' or 'cuda'",
+    ]
+    env = {**os.environ, "TENSORGATE_MAX_BODY_BYTES": "1000", "TENSORGATE_LOG_LEVEL": "WARNING"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "invalid settings:",  # the upper-case log level is fine
+        "TENSORGATE_MAX_BODY_BYTES (--max-body-bytes) = '1000': input should be greater than "
+        "or equal to 1024",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "service", "--host", "10.0.0.1"], capture_output=True, text=True
     )

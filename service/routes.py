@@ -37,7 +37,7 @@ INFER_ERRORS = (
 class Route(NamedTuple):
     method: str
     path: str  # with {model}, and {version} where a version may be named
-    handler: str  # the KServeSpec method that answers it
+    handler: str  # the ModelRoutes method (rest.py) that answers it
     response: type[BaseModel]  # a 200's JSON body
     request: Callable[[Signature], dict] | None = None  # the model's request JSON Schema
     binary: bool = False  # also takes and gives the V2 binary tensor extension

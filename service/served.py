@@ -6,10 +6,12 @@ process reads the engine's version table again when its generation has changed, 
 manifest of a version it has not seen (the main process verified it before loading it).
 """
 
+import re
+
 from artifacts.manifest import TensorSpec, versions
 
 from .engine import Engine, Slot, State
-from .errors import NotFound, Unavailable
+from .errors import BadRequest, NotFound, Unavailable
 from .protocol import Signature, Tensor
 from .repository import ServedModel, describe
 from .settings import Settings, VersionPolicy
@@ -30,6 +32,20 @@ def signature(model: ServedModel, max_instances: int) -> Signature:
         labels=tuple(manifest.labels),
         max_instances=max_instances if manifest.batched else 1,
     )
+
+
+VERSION = re.compile(r"[1-9][0-9]{0,17}")  # what export writes: 1, 2, ...
+
+
+def version_number(text: str) -> int:
+    """A version as a request names it: ASCII decimal, no leading zero, below 10**18."""
+    if VERSION.fullmatch(text) is None:
+        shown = text if len(text) <= 24 else text[:21] + "..."
+        raise BadRequest(
+            f"version {shown!r} is not a version number: versions are 1, 2, ... in ASCII "
+            "decimal, without leading zeros"
+        )
+    return int(text)
 
 
 class ModelVersions:
@@ -78,22 +94,23 @@ class ModelVersions:
         return self.engine.table.failure(self.name)
 
     def served(self, version: str | None) -> ServedModel:
-        """The version a request names (None: the highest serving), or NotFound, or
-        Unavailable when none serves."""
+        """The version a request names (None: the highest serving), or BadRequest for what is
+        no version number, NotFound, or Unavailable when none serves."""
         self.refresh()
         if version is None:
             if self.highest is None:
                 raise Unavailable(self.none_serving())
             return self.highest
-        if version.isdigit() and int(version) in self.versions:
-            return self.versions[int(version)]
+        number = version_number(version)
+        if number in self.versions:
+            return self.versions[number]
         served = ", ".join(map(str, self.versions)) or "none"
-        if version.isdigit() and int(version) in versions(self.settings.repository / self.name):
+        if number in versions(self.settings.repository / self.name):
             raise NotFound(
                 f"model '{self.name}' version {version} is in the repository but not served "
                 f"(the repository index says why); served: {served}"
             )
-        raise NotFound(f"model '{self.name}' has no version {version!r}; served: {served}")
+        raise NotFound(f"model '{self.name}' has no version '{version}'; served: {served}")
 
     def none_serving(self) -> str:
         """Why no version serves."""

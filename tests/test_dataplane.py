@@ -95,7 +95,6 @@ def test_a_named_version_retired_after_it_was_chosen_is_not_retried(plane):
     [
         ("nope", None, "unknown model 'nope'; served: doubler"),
         (MODEL, "3", "has no version '3'; served: 1, 2"),
-        (MODEL, "x", "has no version 'x'"),
     ],
 )
 def test_an_unknown_model_or_version_is_not_found_and_nothing_is_decoded(
@@ -104,6 +103,16 @@ def test_an_unknown_model_or_version_is_not_found_and_nothing_is_decoded(
     calls: list[int] = []
     with pytest.raises(NotFound, match=says):
         run(plane.plane.infer(name, version, "v2", {}, decoder(calls=calls)))
+    assert calls == []
+
+
+@pytest.mark.parametrize("version", ["x", "01", "0", "²", "1.0", " 1", "9" * 19, "9" * 5000])
+def test_what_is_no_version_number_is_a_bad_request_naming_it(plane, version):
+    calls: list[int] = []
+    with pytest.raises(BadRequest, match="is not a version number"):
+        run(plane.plane.infer(MODEL, version, "v2", {}, decoder(calls=calls)))
+    with pytest.raises(BadRequest, match="without leading zeros"):
+        run(plane.plane.model_ready(MODEL, version))
     assert calls == []
 
 

@@ -137,7 +137,10 @@ BAD_REQUESTS = [
     ("v2 unknown model", "POST", "/v2/models/vgg/infer", {"json": {}}, 404, "unknown model 'vgg'"),
     ("v2 unknown model metadata", "GET", "/v2/models/vgg", {}, 404, "served: mlp, resnet, transformer"),
     ("v2 unknown version", "POST", "/v2/models/mlp/versions/9/infer", {"json": v2_json(ONE_ROW)}, 404, "no version '9'"),
-    ("v2 unknown version metadata", "GET", "/v2/models/mlp/versions/x", {}, 404, "no version 'x'"),
+    ("v2 version not a number", "GET", "/v2/models/mlp/versions/x", {}, 400, "'x' is not a version number"),
+    ("v2 version with a leading zero", "GET", "/v2/models/mlp/versions/01/ready", {}, 400, "without leading zeros"),
+    ("v2 version in Unicode digits", "GET", "/v2/models/mlp/versions/%C2%B2/ready", {}, 400, "'²' is not a version number"),
+    ("v2 version of 5,000 digits", "POST", "/v2/models/mlp/versions/" + "9" * 5000 + "/infer", {"json": v2_json(ONE_ROW)}, 400, "is not a version number"),
     ("unsupported encoding", "POST", "/v1/models/mlp:predict", {"data": b"{}", "headers": {"Content-Encoding": "br"}}, 415, "'br'"),
     ("corrupt gzip", "POST", "/v1/models/mlp:predict", {"data": b"not gzip", "headers": {"Content-Encoding": "gzip"}}, 400, "not valid gzip"),
 ]

@@ -332,10 +332,20 @@ def output_index(name: Any, sig: Signature) -> int:
 
 
 def select_outputs(names: list[str] | None, sig: Signature) -> tuple[int, ...]:
-    """The outputs named, in order; every output when none is."""
+    """The outputs named, in order, each once; every output when none is."""
     if not names:
         return tuple(range(len(sig.outputs)))
-    return tuple(output_index(name, sig) for name in names)
+    return once(tuple(output_index(name, sig) for name in names), sig)
+
+
+def once(indices: tuple[int, ...], sig: Signature) -> tuple[int, ...]:
+    """A 400 for an output asked for twice: an answer repeating it could be made huge."""
+    seen: set[int] = set()
+    for index in indices:
+        if index in seen:
+            raise BadRequest(f"output '{sig.outputs[index].name}' is requested more than once")
+        seen.add(index)
+    return indices
 
 
 def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:
@@ -355,6 +365,7 @@ def _requested(doc: dict, sig: Signature) -> tuple[Requested, ...]:
         index = output_index(out.get("name"), sig)
         params = _parameters(out, f"output '{sig.outputs[index].name}'")
         chosen.append(Requested(index, bool(params.get("binary_data", binary))))
+    once(tuple(r.index for r in chosen), sig)
     return tuple(chosen)
 
 

@@ -12,6 +12,7 @@ from helpers import NAMES, direct, rows, tensors
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from export.formats import OUTPUT_NAME
 from load_tests.servers import running_service
 
 
@@ -80,6 +81,12 @@ def test_typed_contents_are_taken_as_raw_ones_are(service, exported):
      grpc.StatusCode.INVALID_ARGUMENT, "unknown output 'logits'"),
     ("unknown version", lambda c, x: c.infer("mlp", [infer_input("input", x)], model_version="7"),
      grpc.StatusCode.NOT_FOUND, "has no version '7'"),
+    ("an output twice", lambda c, x: c.infer("mlp", [infer_input("input", x)],
+                                            outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)] * 2),
+     grpc.StatusCode.INVALID_ARGUMENT, "is requested more than once"),
+    ("a version with a leading zero", lambda c, x: c.infer("mlp", [infer_input("input", x)],
+                                                           model_version="01"),
+     grpc.StatusCode.INVALID_ARGUMENT, "without leading zeros"),
 ])  # fmt: skip
 def test_a_bad_call_gets_the_status_and_message_http_would_give(client, case, call, code, says):
     with pytest.raises(InferenceServerException) as raised:

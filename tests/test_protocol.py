@@ -132,6 +132,7 @@ BAD_V2: list[tuple[str, V2Body, str]] = [
     ("too many instances", lambda s: v2({"inputs": [tensor(s, n=MAX_INSTANCES + 1)]}), f"at most {MAX_INSTANCES}"),
     ("data nested too deeply", lambda s: (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}]}", None), "nested too deeply"),
     ("unknown output", lambda s: v2({"inputs": [tensor(s)], "outputs": [{"name": "logits"}]}), "unknown output 'logits'"),
+    ("an output twice", lambda s: v2({"inputs": [tensor(s)], "outputs": [{"name": OUTPUT_NAME}] * 20000}), f"output '{OUTPUT_NAME}' is requested more than once"),
     ("output a string", lambda s: v2({"inputs": [tensor(s)], "outputs": ["x"]}), "must be an object, got 'x'"),
     ("output the name alone", lambda s: v2({"inputs": [tensor(s)], "outputs": [OUTPUT_NAME]}), "must be an object"),
     ("outputs a number", lambda s: v2({"inputs": [tensor(s)], "outputs": 5}), '"outputs" must be a list'),

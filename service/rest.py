@@ -15,11 +15,12 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from .dataplane import DataPlane, Inference, Transport
 from .engine import LitSpec
-from .errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMedia
+from .errors import BadRequest, ClientGone, PayloadTooLarge, ServiceError, UnsupportedMedia
 from .protocol import BINARY_HEADER, Decoded, Signature, encode_v1, encode_v2, parse_v1, parse_v2
 from .repository import ServedModel
 from .routes import MODEL_ROUTES
@@ -54,12 +55,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"body of {declared} bytes is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
         )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(
-                f"body is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
-            )
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(
+                    f"body is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
+                )
+    except ClientDisconnect:
+        raise ClientGone("the client disconnected while sending its body") from None
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("gzip", "deflate"):  # tritonclient's request compression
         inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)

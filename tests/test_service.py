@@ -4,6 +4,7 @@ import concurrent.futures as cf
 import gzip
 import json
 import re
+import socket
 import subprocess
 import time
 
@@ -180,6 +181,26 @@ def test_a_body_over_the_limit_gets_413(service):
     assert response.status_code == 413 and "4194304-byte limit" in response.json()["error"]
     chunked = service.post("/v1/models/mlp:predict", data=iter([big[:2_000_000], big[2_000_000:]]))
     assert chunked.status_code == 413  # no Content-Length: counted as it streams
+    assert service.get("/v2/health/ready").status_code == 200
+
+
+def test_a_client_that_leaves_halfway_through_its_body_is_counted_499_without_a_traceback(
+    service,
+):
+    before = service.metric("tensorgate_requests_total", model="mlp", code="499")
+    logged = service.log.read_text().count("Traceback")
+    with socket.create_connection(("127.0.0.1", int(service.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(
+            b"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b"[" * 1000
+        )
+        time.sleep(0.2)  # the server reads what came, then the client leaves
+    deadline = time.monotonic() + 10
+    while service.metric("tensorgate_requests_total", model="mlp", code="499") == before:
+        assert time.monotonic() < deadline, "the request left no count"
+        time.sleep(0.1)
+    assert service.metric("tensorgate_requests_total", model="mlp", code="499") == before + 1
+    assert service.log.read_text().count("Traceback") == logged
     assert service.get("/v2/health/ready").status_code == 200
 
 

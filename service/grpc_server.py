@@ -28,7 +28,15 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from .dataplane import DataPlane, Inference
 from .engine import Action
 from .errors import BadRequest, ServiceError
-from .protocol import Decoded, Inputs, Requested, Signature, nbytes, select_outputs
+from .protocol import (
+    Decoded,
+    Inputs,
+    Requested,
+    Signature,
+    checked_shape,
+    nbytes,
+    select_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +182,7 @@ def parse(request: service_pb2.ModelInferRequest, sig: Signature) -> Decoded:
     inputs = Inputs(sig)
     for i, tensor in enumerate(request.inputs):
         t = inputs.expect(tensor.name, tensor.datatype)
-        shape = list(tensor.shape)
+        shape = checked_shape(list(tensor.shape), f"input '{t.name}'")
         if raw:
             if len(raw[i]) != nbytes(t, shape):
                 raise BadRequest(

@@ -7,6 +7,7 @@ V2 includes the binary tensor data extension that tritonclient uses by default.
 """
 
 import itertools
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -20,6 +21,8 @@ from artifacts.runtimes import Tensors
 from .errors import BadRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+MAX_DIMS = 32
+MAX_DIM = 2**31 - 1  # an axis longer than any request could fill; numpy's reshape overflows
 # a JSON number beyond the datatype's range is refused, not rounded to Inf
 NOT_FINITE = "contains NaN or Inf (or a value beyond its datatype's range)"
 
@@ -217,12 +220,24 @@ def _parameters(holder: dict, what: str) -> dict:
 
 
 def _shape(tensor: dict, what: str) -> list[int]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    return checked_shape(tensor.get("shape"), what)
+
+
+def checked_shape(shape: Any, what: str) -> list[int]:
+    """A request's shape, as JSON or gRPC gives it: at most MAX_DIMS non-negative integers
+    (numpy takes no more than 64 axes; no model input has a fraction of that)."""
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > MAX_DIMS
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+        )
     ):
-        raise BadRequest(f'{what} needs "shape": a list of non-negative integers')
-    return shape
+        raise BadRequest(
+            f'{what} needs "shape": a list of at most {MAX_DIMS} integers from 0 to {MAX_DIM}, '
+            f"got {str(shape)[:80]}"
+        )
+    return list(shape)
 
 
 class Inputs:
@@ -260,7 +275,7 @@ class Inputs:
         """JSON-like values (nested lists, flat or not), row-major."""
         what = f"input '{t.name}'"
         x = _numbers(values, f"{what} data", t)
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # exact: numpy's product wraps at 2**63
         if x.size != count:
             raise BadRequest(f"{what} has {x.size} values; shape {shape} needs {count}")
         self._add(t, x.reshape(shape))
@@ -281,7 +296,7 @@ class Inputs:
 
 def nbytes(t: Tensor, shape: list[int]) -> int:
     """The bytes a tensor of this shape takes in the binary (or gRPC raw) encoding."""
-    return (int(np.prod(shape)) if shape else 1) * t.dtype.itemsize
+    return math.prod(shape) * t.dtype.itemsize  # exact: numpy's product wraps at 2**63
 
 
 def _inputs(doc: dict, sig: Signature, binary: memoryview) -> Tensors:

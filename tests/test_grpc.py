@@ -67,6 +67,19 @@ def test_typed_contents_are_taken_as_raw_ones_are(service, exported):
     assert output.name == output_name
 
 
+@pytest.mark.parametrize("shape", [[-1, -30], [2**40, 30], [1] * 40])
+def test_a_shape_no_tensor_has_is_invalid_argument(service, shape):
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    with grpc.insecure_channel(service.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "integers from 0 to 2147483647" in raised.value.details()
+
+
 @pytest.mark.parametrize(("case", "call", "code", "says"), [
     ("unknown model", lambda c, x: c.infer("vgg", [infer_input("input", x)]),
      grpc.StatusCode.NOT_FOUND, "unknown model 'vgg'"),

@@ -46,13 +46,19 @@ def add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, handle)
 
 
-def add_offline_docs(app: FastAPI) -> None:
+def add_docs(app: FastAPI, plane: DataPlane) -> None:
     """/docs and /redoc with Swagger UI's and ReDoc's assets served by the service itself
     (fastapi-offline packages them), instead of FastAPI's pages, which load them from a CDN:
-    model servers often run where there is no internet."""
-    cdn_pages = {app.docs_url, app.redoc_url}
-    app.router.routes = [r for r in app.routes if getattr(r, "path", None) not in cdn_pages]
+    model servers often run where there is no internet. /openapi.json names every model and
+    its tensors: with an API key set, it needs the key like the other metadata."""
+    replaced = {app.docs_url, app.redoc_url, app.openapi_url}
+    app.router.routes = [r for r in app.routes if getattr(r, "path", None) not in replaced]
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get(app.openapi_url, include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        plane.authorise(request.headers)
+        return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
@@ -151,7 +157,10 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         if allowed:
             raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         name = model.split(":", 1)[0]
-        plane.model(name)  # NotFound naming the served models
+        # NotFound, naming the served models only to who may read metadata; a readiness probe
+        # carries no key, so it gets the plain 404 the model's own probe route would give
+        probe = request.method == "GET" and request.url.path.endswith("/ready")
+        plane.model(name, None if probe else request.headers)
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -213,7 +222,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     )
     server.app.router.redirect_slashes = False
     add_error_handlers(server.app)
-    add_offline_docs(server.app)
+    add_docs(server.app, plane)
     add_server_routes(server.app, plane)
     description = "KServe V1 and V2 (Open Inference Protocol) inference for: " + ", ".join(
         f"{m.name} v{m.version}" for m in models

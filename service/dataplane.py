@@ -85,9 +85,16 @@ class DataPlane:
     def authorise(self, credentials: Credentials) -> None:
         check_key(credentials, self.settings.api_key)
 
-    def model(self, name: str) -> ModelVersions:
+    def model(self, name: str, credentials: Credentials | None = None) -> ModelVersions:
+        """The model, or NotFound; the served models are named only to a caller who may read
+        metadata (with an API key set: one who gave it)."""
         if name not in self.models:
-            raise NotFound(f"unknown model {name!r}; served: {', '.join(sorted(self.models))}")
+            unknown = f"unknown model {name!r}"
+            if self.settings.api_key is not None and credentials is not None:
+                self.authorise(credentials)  # a 401 first: no names to a caller without it
+            if self.settings.api_key is not None and credentials is None:
+                raise NotFound(unknown)
+            raise NotFound(f"{unknown}; served: {', '.join(sorted(self.models))}")
         return self.models[name]
 
     # -- server --------------------------------------------------------------------------
@@ -134,7 +141,7 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None, credentials: Credentials) -> dict:
         self.authorise(credentials)
-        model = self.model(name)
+        model = self.model(name, credentials)
         served = model.served(version)
         manifest = served.manifest
         return {
@@ -149,7 +156,8 @@ class DataPlane:
     def model_config(self, name: str, version: str | None, credentials: Credentials) -> dict:
         """Triton's model configuration."""
         self.authorise(credentials)
-        return model_config(self.model(name).served(version), self.settings, self.device)
+        model = self.model(name, credentials)
+        return model_config(model.served(version), self.settings, self.device)
 
     def statistics(
         self, name: str | None, version: str | None, credentials: Credentials
@@ -159,7 +167,7 @@ class DataPlane:
         self.authorise(credentials)
         if name is None:
             return [entry for m in self.models.values() for entry in m.stats()]
-        model = self.model(name)
+        model = self.model(name, credentials)
         return model.stats(model.served(version) if version else None)
 
     # -- the repository extension ----------------------------------------------------------
@@ -190,7 +198,7 @@ class DataPlane:
         version in particular whose version was retired before it was admitted (a new version
         took over) runs again on the one serving now. `gone` returns once the client has left,
         so that a request nobody waits for is not computed."""
-        model = self.model(name)
+        model = self.model(name, credentials)
         async with self._accounted(model, transport) as call:
             self.authorise(credentials)
             call.model = model.served(version)  # a 404 before the body is read

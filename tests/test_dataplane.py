@@ -128,6 +128,13 @@ def test_with_a_key_set_the_key_is_checked_before_anything_else_and_counted_by_t
     with pytest.raises(Unauthorized):
         keyed.plane.model_metadata(MODEL, None, {})
     assert run(keyed.plane.model_status(MODEL)) == {"name": MODEL, "ready": True}  # a probe
+    with pytest.raises(Unauthorized):
+        run(keyed.plane.infer("nope", None, "v2", {}, decoder()))  # not a 404 naming models
+    with pytest.raises(NotFound) as unknown:
+        run(keyed.plane.model_ready("nope", None))  # open, and names nothing
+    assert unknown.value.message == "unknown model 'nope'"
+    with pytest.raises(NotFound, match="served: doubler"):
+        keyed.plane.model_metadata("nope", None, KEY)
     done = run(keyed.plane.infer(MODEL, None, "grpc", KEY, decoder()))
     assert done.model.version == 2
     assert keyed.plane.model_metadata(MODEL, None, KEY)["versions"] == ["1", "2"]

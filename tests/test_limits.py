@@ -56,6 +56,15 @@ def test_the_api_key_guards_inference_and_metadata_but_not_health_or_metrics(exp
         for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/metrics"):
             assert s.get(path).status_code == 200, path
         assert s.get("/v1/models/mlp").json() == {"name": "mlp", "ready": True}  # readiness
+        # nothing names the served models to a caller without the key
+        assert s.get("/openapi.json").status_code == 401
+        assert s.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+        assert s.post("/v2/models/vgg/infer", json={}).status_code == 401
+        assert s.get("/v2/models/vgg/config").status_code == 401
+        unknown = s.get("/v2/models/vgg/ready")
+        assert unknown.status_code == 404 and unknown.json() == {"error": "unknown model 'vgg'"}
+        named = s.get("/v2/models/vgg", headers={"X-API-Key": "s3cret"}).json()["error"]
+        assert named == "unknown model 'vgg'; served: mlp"
         client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
         input_name, output_name = tensors(exported, "mlp")
         tensor = httpclient.InferInput(input_name, [1, 30], "FP32")

@@ -17,6 +17,7 @@ again when its files change (poll) or when a load asks for it (explicit).
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,17 @@ from .settings import Settings, VersionPolicy
 logger = logging.getLogger(__name__)
 
 MakeAPI = Callable[[ServedModel, int], LitAPI]  # (version, table slot) -> its LitAPI
+
+
+DIGEST = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def public(reason: str, repository: Path) -> str:
+    """A failure as clients read it (the repository index, a load's 400): paths relative to the
+    repository and no file digests; the log keeps the whole of it."""
+    for prefix in sorted({str(repository.resolve()), str(repository)}, key=len, reverse=True):
+        reason = reason.replace(prefix + "/", "")
+    return DIGEST.sub("<sha256>", reason)
 
 
 def stamp(folder: Path) -> int:
@@ -153,7 +165,7 @@ class Lifecycle:
         logger.error("model '%s' version %d not loaded: %s", model, version, reason)
         LOAD_FAILURES.labels(model, str(version)).inc()
         self.failed[(model, version)] = stamp(self.settings.repository / model / str(version))
-        self.table.fail(model, version, reason)
+        self.table.fail(model, version, public(reason, self.settings.repository))
         if model in self.asks:
             self.asks[model].failed = True
 

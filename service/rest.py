@@ -42,7 +42,10 @@ def to_response(exc: Exception, method: str, path: str) -> JSONResponse:
     if isinstance(exc, HTTPException):
         return error_response(exc.status_code, str(exc.detail), exc.headers)
     if isinstance(exc, RequestValidationError):
-        return error_response(BadRequest.status, f"invalid request: {exc.errors()}")
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )  # pydantic's own entries also carry its documentation's URL
+        return error_response(BadRequest.status, f"invalid request: {problems}")
     logger.error("unhandled error on %s %s", method, path, exc_info=exc)
     return error_response(500, "internal server error; the server logged the details")
 

@@ -121,7 +121,7 @@ class ModelVersions:
             )
         folder = self.settings.repository / self.name
         if not versions(folder):
-            return f"model '{self.name}' has no version in {folder} any more"
+            return f"model '{self.name}' has no version in the repository any more"
         return f"model '{self.name}' has no version serving yet (the repository index says why)"
 
     async def ready(self, version: int | None = None) -> bool:

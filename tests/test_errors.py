@@ -62,8 +62,10 @@ def test_a_service_error_answers_its_status_message_and_headers():
 
 def test_frameworks_errors_and_bugs_answer_in_the_same_format(caplog):
     assert to_response(HTTPException(404), "GET", "/x").status_code == 404
-    invalid = to_response(RequestValidationError([{"msg": "bad"}]), "GET", "/x")
-    assert invalid.status_code == 400 and "invalid request" in body(invalid)["error"]
+    error = {"loc": ("path", "model"), "msg": "bad", "url": "https://errors.pydantic.dev/x"}
+    invalid = to_response(RequestValidationError([error]), "GET", "/x")
+    assert invalid.status_code == 400
+    assert body(invalid)["error"] == "invalid request: path.model: bad"  # no library URL
     bug = to_response(KeyError("secret internals"), "GET", "/x")
     assert bug.status_code == 500 and "secret" not in body(bug)["error"]
     assert "unhandled error on GET /x" in caplog.text

@@ -3,6 +3,7 @@ version table and model repository, and a stand-in for the server's four operati
 records what the controller asked and answers `progress` as the test says."""
 
 import asyncio
+import re
 
 import pytest
 from planes import MODEL, publish
@@ -86,6 +87,17 @@ def test_a_version_that_fails_to_load_never_replaces_the_serving_one(serving, tm
     lifecycle.next_poll = 0
     lifecycle.step(server)  # its files have not changed: not tried again
     assert len(server.placed) == 1
+
+
+def test_a_tampered_version_is_refused_and_clients_read_no_path_or_digest(serving, tmp_path):
+    lifecycle, table, server = serving("poll")
+    publish(tmp_path, 2)
+    (tmp_path / MODEL / "2" / "model.onnx").write_bytes(b"tampered")
+    lifecycle.step(server)
+    assert server.placed == [] and states(table) == {1: State.SERVING}
+    version, reason = table.failure(MODEL)
+    assert version == 2 and reason.startswith("doubler/2/model.onnx: sha256 <sha256> does not")
+    assert str(tmp_path) not in reason and not re.search(r"[0-9a-f]{64}", reason)
 
 
 def test_in_none_mode_the_repository_is_not_read_again(serving, tmp_path):

@@ -27,13 +27,14 @@ from .lifecycle import Lifecycle
 from .metrics import QueueCollector, render
 from .openapi import document
 from .repository import ServedModel
-from .rest import ModelRoutes, VersionSpec, api_path, error_response, to_response
+from .rest import ModelRoutes, VersionSpec, api_path, error_response, read_body, to_response
 from .schemas import Error, IndexEntry, TritonStatistics
 from .served import ModelVersions
 from .settings import Settings
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
+CONTROL_BODY_BYTES = 64 * 1024  # the repository index's body is {"ready": true} at most
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -121,7 +122,7 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         """Triton's model repository index: every version in the repository, read now, with
         its state: READY, LOADING (warming up or restarting) or UNAVAILABLE and why."""
         plane.authorise(request.headers)
-        body = await request.body()
+        body = await read_body(request, CONTROL_BODY_BYTES, "the repository index's")
         try:
             ready_only = bool(body.strip()) and orjson.loads(body).get("ready") is True
         except (orjson.JSONDecodeError, AttributeError):

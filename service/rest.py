@@ -50,21 +50,20 @@ def to_response(exc: Exception, method: str, path: str) -> JSONResponse:
     return error_response(500, "internal server error; the server logged the details")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (compressed or not)."""
+async def read_body(
+    request: Request, limit: int, named: str = "TENSORGATE_MAX_BODY_BYTES"
+) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (compressed or not);
+    `named` says where the limit comes from."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {declared} bytes is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
-        )
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit ({named})")
     body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise PayloadTooLarge(
-                    f"body is over the {limit}-byte limit (TENSORGATE_MAX_BODY_BYTES)"
-                )
+                raise PayloadTooLarge(f"body is over the {limit}-byte limit ({named})")
     except ClientDisconnect:
         raise ClientGone("the client disconnected while sending its body") from None
     encoding = request.headers.get("content-encoding", "identity").lower()

@@ -182,6 +182,9 @@ def test_a_body_over_the_limit_gets_413(service):
     chunked = service.post("/v1/models/mlp:predict", data=iter([big[:2_000_000], big[2_000_000:]]))
     assert chunked.status_code == 413  # no Content-Length: counted as it streams
     assert service.get("/v2/health/ready").status_code == 200
+    index = service.post("/v2/repository/index", data=iter([b" " * 65536, b"{}"]))
+    assert index.status_code == 413  # streamed: refused at its 64 KiB bound, never buffered
+    assert "65536-byte limit (the repository index's)" in index.json()["error"]
 
 
 def test_a_client_that_leaves_halfway_through_its_body_is_counted_499_without_a_traceback(

@@ -38,7 +38,8 @@ class ServiceError(Exception):
 
 
 class BadRequest(ServiceError):
-    """Invalid request: malformed body, wrong shape, datatype or count, NaN or Inf."""
+    """Invalid request: malformed body; wrong shape, datatype or count; NaN or Inf; a version
+    that is no version number."""
 
     status, grpc, reason = 400, "INVALID_ARGUMENT", "bad_request"
 

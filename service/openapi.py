@@ -12,8 +12,10 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from . import schemas
+from .errors import BadRequest
 from .protocol import Signature
 from .routes import MODEL_ROUTES, Route
+from .served import VERSION
 
 BINARY = {
     "schema": {
@@ -37,9 +39,11 @@ def _content(schema: dict, binary: bool) -> dict:
 
 
 def _errors(route: Route) -> dict:
-    """status -> response, one per status, each class's docstring joined."""
+    """status -> response, one per status, each class's docstring joined; a route that names
+    a version answers 400 for what is no version number."""
     described: dict[str, list[str]] = {}
-    for error in route.errors:
+    versioned = (BadRequest,) if "{version}" in route.path else ()
+    for error in dict.fromkeys((*route.errors, *versioned)):
         described.setdefault(str(error.status), []).append(inspect.getdoc(error))
     return {
         status: {"description": " / ".join(why), **_content(_ref(schemas.Error), False)}
@@ -84,11 +88,15 @@ def document(
                     params = operation.get("parameters", [])
                     operation["parameters"] = [p for p in params if p["in"] == "path"]
         names = sorted(sig.model for sig in models)
+        path_schemas = {
+            "model": {"type": "string", "enum": names},
+            "version": {"type": "string", "pattern": f"^{VERSION.pattern}$"},
+        }
         for operations in schema["paths"].values():  # e.g. /v2/repository/models/{model}/load
             for operation in operations.values():
                 for param in operation.get("parameters", []):
-                    if param["in"] == "path" and param["name"] == "model":
-                        param["schema"] = {"type": "string", "enum": names}
+                    if param["in"] == "path" and param["name"] in path_schemas:
+                        param["schema"] = path_schemas[param["name"]]
         app.openapi_schema = schema
         return schema
 

@@ -10,6 +10,7 @@ accounting happen in the data plane (dataplane.py).
 
 import logging
 import zlib
+from collections.abc import Callable
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from .routes import MODEL_ROUTES
 from .served import ModelVersions
 
 logger = logging.getLogger(__name__)
+Parse = Callable[[bytes, Signature], Decoded]  # a protocol's parser of a body
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -117,7 +119,9 @@ class ModelRoutes(LitSpec):
             path = route.path.format(model=self.name, version="{version}")
             self.add_endpoint(path, getattr(self, route.handler), [route.method])
 
-    async def _infer(self, request: Request, transport: Transport, version: str | None, parse):
+    async def _infer(
+        self, request: Request, transport: Transport, version: str | None, parse: Parse
+    ) -> Inference:
         """The data plane's inference, the body read once (a retry on a new version parses
         it again for that version's signature)."""
         body: bytes | None = None
@@ -133,16 +137,14 @@ class ModelRoutes(LitSpec):
         )
 
     async def v1_predict(self, request: Request) -> Response:
-        done: Inference = await self._infer(
+        done = await self._infer(
             request, "v1", None, lambda body, sig: Decoded(parse_v1(body, sig))
         )
         return Response(encode_v1(done.outputs, done.signature), media_type="application/json")
 
     async def v2_infer(self, request: Request, version: str | None = None) -> Response:
         header = request.headers.get(BINARY_HEADER)
-        done: Inference = await self._infer(
-            request, "v2", version, lambda body, sig: parse_v2(body, header, sig)
-        )
+        done = await self._infer(request, "v2", version, lambda b, sig: parse_v2(b, header, sig))
         content, headers = encode_v2(done.outputs, done.signature, done.request)
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)

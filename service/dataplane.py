@@ -89,12 +89,11 @@ class DataPlane:
         """The model, or NotFound; the served models are named only to a caller who may read
         metadata (with an API key set: one who gave it)."""
         if name not in self.models:
-            unknown = f"unknown model {name!r}"
-            if self.settings.api_key is not None and credentials is not None:
+            if credentials is not None:
                 self.authorise(credentials)  # a 401 first: no names to a caller without it
-            if self.settings.api_key is not None and credentials is None:
-                raise NotFound(unknown)
-            raise NotFound(f"{unknown}; served: {', '.join(sorted(self.models))}")
+            named = credentials is not None or self.settings.api_key is None
+            served = f"; served: {', '.join(sorted(self.models))}" if named else ""
+            raise NotFound(f"unknown model {name!r}{served}")
         return self.models[name]
 
     # -- server --------------------------------------------------------------------------

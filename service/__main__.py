@@ -49,10 +49,10 @@ def serve(settings: Settings) -> int:
     from artifacts.manifest import ManifestError  # after the metrics folder is set
 
     from .app import build_server
+    from .connections import ConnectionLimits, guarded_protocol
     from .engine import StartupError
     from .host import idle_policy, usable_cores
     from .repository import load_models
-    from .writes import CoalescingHttpToolsProtocol
 
     try:
         models = load_models(settings)
@@ -87,7 +87,10 @@ def serve(settings: Settings) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             access_log=settings.access_log,
-            http=CoalescingHttpToolsProtocol,
+            http=guarded_protocol(
+                ConnectionLimits(settings.max_header_bytes, settings.read_timeout)
+            ),
+            timeout_keep_alive=settings.keep_alive_timeout,
             generate_client_file=False,
         )
     except StartupError as e:

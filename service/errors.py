@@ -70,9 +70,13 @@ class MethodNotAllowed(ServiceError):
 
 
 class PayloadTooLarge(ServiceError):
-    """Body over TENSORGATE_MAX_BODY_BYTES."""
+    """Body over TENSORGATE_MAX_BODY_BYTES; the connection closes (Connection: close), so
+    the rest of the body is never read."""
 
     status, grpc, reason = 413, "RESOURCE_EXHAUSTED", "too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class UnsupportedMedia(ServiceError):

@@ -64,6 +64,11 @@ LOAD_FAILURES = Counter(
     "Versions that failed verification or loading while the server ran (lifecycle.py).",
     ["model", "version"],
 )
+CONNECTIONS_CLOSED = Counter(
+    "tensorgate_connections_closed",
+    "Connections closed on a client that broke a limit (header_too_large, read_timeout).",
+    ["reason"],
+)
 WORKER_RESTARTS = Counter(
     "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
 )

@@ -118,6 +118,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="larger bodies answer 413; at least 1024"
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="a request line and headers larger than this answer 431 and the "
+        "connection closes; at least 1024",
+    )
+    read_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a client may take to send a request's headers, or stay silent "
+        "inside its body; then 408 and the connection closes",
+    )
+    keep_alive_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds an open connection may wait for its next (or first) request",
+    )
     max_instances: int = Field(1024, ge=1, description="most instances in one request")
     max_queue: int = Field(
         256,

@@ -2,15 +2,13 @@
 where there were several.
 
 - uvicorn writes a response's status line and headers, then its body: two writes for a few
-  hundred bytes (strace: 125 + 75 bytes per mlp answer). `CoalescingHttpToolsProtocol` is
-  httptools' protocol, as uvicorn's `http="httptools"` runs it, on a joining transport.
+  hundred bytes (strace: 125 + 75 bytes per mlp answer). Each HTTP connection's transport is
+  a `CoalescingTransport` (connections.py).
 - An HTTP process writes one frame per request to a worker (engine/client.py); at 64
   connections many requests are admitted in one turn, and their frames leave together.
 """
 
 import asyncio
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
@@ -39,8 +37,3 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str):  # everything but writing and closing: the transport's
         return getattr(self.inner, name)
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]

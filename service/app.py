@@ -193,6 +193,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         max_queue=settings.max_queue,
         request_timeout=settings.request_timeout,
         drain_timeout=settings.drain_timeout,
+        http_processes=settings.api_servers,
     )
     device = resolve_device(settings.device)
     served = [ModelVersions(group, settings, engine) for group in versions.values()]

@@ -69,6 +69,7 @@ CONNECTIONS_CLOSED = Counter(
     "Connections closed on a client that broke a limit (header_too_large, read_timeout).",
     ["reason"],
 )
+HTTP_RESTARTS = Counter("tensorgate_http_restarts", "HTTP server processes replaced after dying.")
 WORKER_RESTARTS = Counter(
     "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
 )

@@ -2,6 +2,7 @@
 requests, a model that cannot load stops start-up, and one queue bound across HTTP processes.
 Real servers on loopback, real signals, bounded loops."""
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -12,13 +13,16 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -73,18 +77,58 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def test_sigterm_under_load_answers_every_request_sent_and_exits_0(exported, tmp_path):
-    for attempt in range(5):
+async def keep_alive_clients(port: int, n: int, until: Callable[[], bool]) -> Counter:
+    """`n` httpx clients of one keep-alive connection each, posting to mlp back to back (as a
+    client library behind a load balancer does) until `until()`. Counted: a status code,
+    "refused" (no connection, nothing sent) or "cut" (sent, but no whole answer)."""
+    outcomes: Counter = Counter()
+    tls = ssl.create_default_context()  # made once: httpx would make one per client
+
+    async def client() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=30, verify=tls) as http:
+            while not until():
+                try:
+                    r = await http.post(
+                        f"http://127.0.0.1:{port}/v1/models/mlp:predict", content=MLP_BODY
+                    )
+                    outcomes[r.status_code] += 1
+                except httpx.ConnectError:
+                    outcomes["refused"] += 1
+                    await asyncio.sleep(0.05)
+                except httpx.HTTPError:
+                    outcomes["cut"] += 1
+
+    await asyncio.gather(*(client() for _ in range(n)))
+    return outcomes
+
+
+class SigtermAfter:
+    """Load clients' `until`: SIGTERM the process `seconds` from now, then go on until it
+    has exited."""
+
+    def __init__(self, process: subprocess.Popen, seconds: float) -> None:
+        self.process, self.at, self.sent = process, time.monotonic() + seconds, 0.0
+
+    def until(self) -> bool:
+        if not self.sent and time.monotonic() > self.at:
+            self.sent = time.monotonic()
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.poll() is not None
+
+
+def test_sigterm_under_keep_alive_clients_answers_every_request_sent(exported, tmp_path):
+    """Ten SIGTERMs, each under 32 keep-alive clients sending back to back: every request
+    that reached the server is answered (200, or 503 with Connection: close once the drain
+    began); the others were refused before anything was sent."""
+    for attempt in range(10):
         log = tmp_path / f"service-{attempt}.log"
         process, port = serve(exported, log, models="mlp", drain_timeout=DRAIN_TIMEOUT)
         try:
-            clients = Clients(port, "/v1/models/mlp:predict", MLP_BODY, {}, 32)
-            time.sleep(1.0)
-            signalled = time.monotonic()
-            process.send_signal(signal.SIGTERM)
+            sigterm = SigtermAfter(process, 1.0)
+            outcomes = asyncio.run(keep_alive_clients(port, 32, sigterm.until))
             code = process.wait(timeout=DRAIN_TIMEOUT + 15)
-            took = time.monotonic() - signalled
-            outcomes = clients.join()
+            took = time.monotonic() - sigterm.sent
         finally:
             stop(process)
         text = log.read_text()
@@ -92,7 +136,7 @@ def test_sigterm_under_load_answers_every_request_sent_and_exits_0(exported, tmp
         assert took < DRAIN_TIMEOUT, (took, text)
         assert outcomes["cut"] == 0, (attempt, outcomes)
         assert set(outcomes) <= {200, 503, "refused"}, outcomes
-        assert outcomes[200] > 100, outcomes
+        assert outcomes[200] > 100 and outcomes[503] > 0, outcomes
         assert re.search(r"drained: answered \d+ requests in [\d.]+ s", text), text
         assert not list((tmp_path / "tmp").glob("tensorgate-metrics-*"))  # removed at exit
 
@@ -191,7 +235,9 @@ def metric(port: int, name: str, **labels: str) -> float:
     conn.request("GET", "/metrics")
     total = 0.0
     for line in conn.getresponse().read().decode().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -243,6 +289,47 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass  # gone meanwhile
     return found
+
+
+def http_processes(pid: int) -> list[int]:
+    """The service's HTTP processes: the children forked with the main process's command
+    line (its inference workers are spawned: `multiprocessing.spawn`)."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == command:
+                found.append(child)
+    return sorted(found)
+
+
+def test_a_killed_http_process_is_replaced_and_the_others_keep_serving(exported, tmp_path):
+    """SIGKILL each HTTP process in turn under load: its in-flight requests are cut, the
+    other answers, a new one is serving within 5 s, and what the dead one had admitted is let
+    go (with the queue bound at the clients' number, a leak would answer 503)."""
+    log = tmp_path / "service.log"
+    process, port = serve(exported, log, models="mlp", api_servers=2, max_queue=8)
+    try:
+        clients = Clients(port, "/v1/models/mlp:predict", MLP_BODY, {}, 8)
+        time.sleep(1.0)
+        for kills, victim in enumerate(http_processes(process.pid), start=1):
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            while len(now := http_processes(process.pid)) < 2 or victim in now:
+                assert time.monotonic() - killed < 5, (now, log.read_text())
+                time.sleep(0.05)
+            back = time.monotonic() - killed
+            time.sleep(1.0)
+            after = [o for sent, _, o in clients.latencies if sent > killed + back]
+            assert after and set(after) == {200}, Counter(after)
+            assert metric(port, "tensorgate_http_restarts_total") == kills
+            assert ready(port)
+        outcomes = clients.join()
+        assert process.poll() is None, log.read_text()
+        assert set(outcomes) <= {200, "cut"} and outcomes["cut"] <= 16, outcomes
+        assert "HTTP process 0 (pid" in log.read_text(), log.read_text()
+    finally:
+        stop(process)
 
 
 def test_a_killed_main_process_leaves_no_process_behind_holding_the_port(exported, tmp_path):

@@ -176,7 +176,12 @@ class ModelLinks:
 
 class Engine:
     def __init__(
-        self, table: VersionTable, max_queue: int, request_timeout: float, drain_timeout: float
+        self,
+        table: VersionTable,
+        max_queue: int,
+        request_timeout: float,
+        drain_timeout: float,
+        http_processes: int = 1,
     ) -> None:
         self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.table = table
@@ -184,9 +189,12 @@ class Engine:
         self.max_queue = max_queue
         self.request_timeout = request_timeout
         self.drain_timeout = drain_timeout
+        self.http_processes = http_processes
+        self.http_index = 0  # this HTTP process's row of `counts` (EngineServer sets it)
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
-        # [requests in flight per table slot..., requests answered in total]
-        self.counts = ctx.RawArray("q", table.capacity + 1)
+        # a row per HTTP process of requests in flight per table slot, so that what a dead
+        # one admitted can be let go; then the requests answered in total
+        self.counts = ctx.RawArray("q", http_processes * table.capacity + 1)
         self.counts_lock = ctx.Lock()  # one plain lock: a synchronized Array retakes it per item
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(table.capacity)  # Triton's inference statistics
@@ -224,12 +232,24 @@ class Engine:
 
     def in_flight(self, key: str | None = None) -> int:
         if key is None:
-            return sum(self.counts[: self.table.capacity])
+            return sum(self.counts[:-1])
         slot = self.slot(key)
-        return 0 if slot is None else self.counts[slot.index]
+        return 0 if slot is None else self._admitted(slot.index)
 
     def answered(self) -> int:
-        return self.counts[self.table.capacity]
+        return self.counts[-1]
+
+    def forget_http_process(self, index: int) -> int:
+        """Let go of what a dead HTTP process had admitted (its clients saw the connection
+        close); returns how many requests that was."""
+        row = index * self.table.capacity
+        with self.counts_lock:
+            lost = sum(self.counts[row : row + self.table.capacity])
+            self.counts[row : row + self.table.capacity] = [0] * self.table.capacity
+        return lost
+
+    def _admitted(self, index: int) -> int:
+        return sum(self.counts[index :: self.table.capacity][: self.http_processes])
 
     def record(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request's outcome, for Triton's statistics."""
@@ -239,18 +259,18 @@ class Engine:
 
     def _admit(self, key: str, index: int) -> None:
         with self.counts_lock:
-            if self.counts[index] >= self.max_queue:
+            admitted = self._admitted(index)
+            if admitted >= self.max_queue:
                 raise Overloaded(
-                    f"model version '{key}' has {self.counts[index]} requests queued or "
-                    "running, its limit (TENSORGATE_MAX_QUEUE, across all HTTP processes); "
-                    "retry shortly"
+                    f"model version '{key}' has {admitted} requests queued or running, its "
+                    "limit (TENSORGATE_MAX_QUEUE, across all HTTP processes); retry shortly"
                 )
-            self.counts[index] += 1
+            self.counts[self.http_index * self.table.capacity + index] += 1
 
     def _release(self, index: int) -> None:
         with self.counts_lock:
-            self.counts[index] -= 1
-            self.counts[self.table.capacity] += 1
+            self.counts[self.http_index * self.table.capacity + index] -= 1
+            self.counts[-1] += 1
 
     # -- this HTTP process's connections -------------------------------------------------
 

@@ -17,6 +17,7 @@ A different LitServe is refused here, naming the fix, before any of these names 
 """
 
 import asyncio
+import copy
 import multiprocessing as mp
 import os
 import signal
@@ -25,6 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import NamedTuple
 
 import litserve as ls
+import uvicorn
 
 LITSERVE_VERSION = "0.2.19"
 
@@ -41,6 +43,7 @@ def check_litserve_version(installed: str = ls.__version__) -> None:
 check_litserve_version()
 
 from litserve.loops.base import LitLoop  # noqa: E402  (after the check: 0.2.19's layout)
+from litserve.server import _Server  # noqa: E402
 from litserve.specs.base import LitSpec  # noqa: E402
 from litserve.utils import WorkerSetupStatus  # noqa: E402
 
@@ -49,6 +52,22 @@ LitServer = ls.LitServer
 
 
 LISTENING = "listening"  # the engine's own state: written once a worker's socket is open
+
+
+def http_process_index() -> int:
+    """This HTTP process's number, 0 to num_api_servers - 1, as LitServe's `_Server.run`
+    tells it; 0 outside an HTTP process."""
+    return int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+
+
+class HttpArgs(NamedTuple):
+    """What 0.2.19's `_start_server` was given, to start an HTTP process again."""
+
+    port: int
+    log_level: str
+    sockets: list
+    kind: str  # "process" or "thread"
+    kwargs: dict  # uvicorn's settings
 
 
 class StatusKey(NamedTuple):
@@ -248,10 +267,35 @@ class ServerHooks(LitServer):
         super()._prepare_app_run(app)
         self.app_built(app)
 
-    def _start_server(self, port, num_servers, log_level, sockets, *args, **kwargs):
-        workers = super()._start_server(port, num_servers, log_level, sockets, *args, **kwargs)
+    def _start_server(self, port, num_servers, log_level, sockets, kind, **kwargs):
+        self._http_args = HttpArgs(port, log_level, sockets, kind, kwargs)
+        workers = super()._start_server(port, num_servers, log_level, sockets, kind, **kwargs)
         self.http_started(sockets)
         return workers
+
+    def relaunch_http(self, index: int) -> mp.Process:
+        """A new HTTP process in place of the one with this index that died, made as
+        0.2.19's `_start_server` makes each (it numbers them from 0 and tells each its
+        number in LITSERVE_WORKER_ID)."""
+        port, log_level, sockets, kind, kwargs = self._http_args
+        if kind != "process":
+            raise RuntimeError("only HTTP server processes can be replaced")
+        app = copy.copy(self.app)
+        self._prepare_app_run(app)
+        config = uvicorn.Config(
+            app=app,
+            host="0.0.0.0",
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=self.uvicorn_graceful_timeout,
+            **kwargs,
+        )
+        server = _Server(config=config)
+        process = mp.get_context("fork").Process(
+            target=server.run, args=(index, sockets), name=f"LitServer-{index}"
+        )
+        process.start()
+        return process
 
     def _start_worker_monitoring(self, manager, uvicorn_workers: dict) -> None:
         self.start_supervision(list(uvicorn_workers.values()))
@@ -307,4 +351,5 @@ __all__ = [
     "StatusKey",
     "WorkerSetupStatus",
     "check_litserve_version",
+    "http_process_index",
 ]

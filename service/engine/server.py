@@ -37,9 +37,17 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..metrics import WORKER_RESTARTS, forget_process
+from ..metrics import HTTP_RESTARTS, WORKER_RESTARTS, forget_process
 from .client import DRAIN_POLL, Engine
-from .lit import LISTENING, LitAPI, ServerHooks, SetupStatus, WorkerSetupStatus
+from .listener import empty_before_close
+from .lit import (
+    LISTENING,
+    LitAPI,
+    ServerHooks,
+    SetupStatus,
+    WorkerSetupStatus,
+    http_process_index,
+)
 from .parent import exit_with_parent
 from .stats import MAX_WORKERS
 from .table import State
@@ -50,6 +58,8 @@ START_FAILURES = 3  # a worker dying this many times in a row before it is ready
 DRAIN_NOTICE = 0.5  # seconds between readiness going 503 and the listeners closing
 SUPERVISE_EVERY = 0.5  # seconds between supervision rounds (a death wakes it at once)
 STOP_WORKERS_WITHIN = 5  # seconds a worker gets after SIGTERM before SIGKILL
+HTTP_SETTLED = 5.0  # seconds: an HTTP process that dies sooner after starting failed to start
+QUEUE_EMPTIED_WITHIN = 1.0  # seconds the HTTP processes get at a drain to take queued connections
 
 
 class StartupError(RuntimeError):
@@ -106,6 +116,10 @@ class EngineServer(ServerHooks):
         self.exit_reason: str | None = None  # set when the server stops because of a failure
         self.placements: dict[int, Placement] = {}  # table slot -> the version's workers
         self.main_pid = os.getpid()
+        self.listeners: list = []  # the listening sockets, kept to start HTTP processes again
+        self.http_processes: list[mp.Process] = []  # by index (LITSERVE_WORKER_ID)
+        self.http_started_at: list[float] = []
+        self.http_start_failures: list[int] = []
 
     # -- start ---------------------------------------------------------------------------
 
@@ -167,6 +181,7 @@ class EngineServer(ServerHooks):
         its HTTP requests are answered."""
         if os.getpid() != self.main_pid:  # a forked HTTP process, as always but in-process use
             exit_with_parent(self.main_pid)
+            self.engine.http_index = http_process_index()
         async with contextlib.AsyncExitStack() as stack:
             for companion in self.companions:
                 await stack.enter_async_context(companion())
@@ -178,10 +193,8 @@ class EngineServer(ServerHooks):
             app.middleware_stack = self.front(app.build_middleware_stack())
 
     def http_started(self, sockets: list) -> None:
-        # The HTTP processes hold the listening socket now. Were it left open here too, the
-        # kernel would keep queueing connections after they stopped accepting at a drain.
-        for sock in sockets:
-            sock.close()
+        # kept open here, to start an HTTP process again; closed first at a drain
+        self.listeners = sockets
 
     def interrupted(self) -> None:
         self._stop_workers()
@@ -189,7 +202,9 @@ class EngineServer(ServerHooks):
     # -- supervision ---------------------------------------------------------------------
 
     def start_supervision(self, http_processes: list[mp.Process]) -> None:
-        self.http_processes = http_processes
+        self.http_processes = list(http_processes)
+        self.http_started_at = [time.monotonic()] * len(http_processes)
+        self.http_start_failures = [0] * len(http_processes)
         threading.Thread(target=self._supervise, daemon=True, name="tensorgate-supervisor").start()
 
     def _supervise(self) -> None:
@@ -206,16 +221,17 @@ class EngineServer(ServerHooks):
             for slot, placement in self.placements.items()
             for worker_id, process in enumerate(placement.processes)
         }
-        http = {p.sentinel: p for p in self.http_processes}
+        http = {p.sentinel: index for index, p in enumerate(self.http_processes)}
         dead = mp.connection.wait([*sentinels, *http], timeout=SUPERVISE_EVERY)
         if self.engine.draining or self.shutdown_event.is_set():
             return
         for sentinel in dead:
             if sentinel in http:
-                self._give_up(f"HTTP server process {http[sentinel].pid} died")
-                return
-            if sentinel in sentinels:
+                self._replace_http(http[sentinel])
+            elif sentinel in sentinels:
                 self._replace(*sentinels[sentinel])
+            if self.shutdown_event.is_set():  # given up
+                return
         self._stop_retired()
         if self.controller is not None:
             self.controller.step(self)
@@ -252,6 +268,33 @@ class EngineServer(ServerHooks):
         WORKER_RESTARTS.labels(api.model_name).inc()
         forget_process(process.pid)
         placement.processes[worker_id] = self.relaunch(api, worker_id)
+
+    def _replace_http(self, index: int) -> None:
+        """Start an HTTP process in place of one that died. The others keep serving; its
+        clients saw their connections close, and what it had admitted is let go."""
+        process = self.http_processes[index]
+        process.join(timeout=1)
+        lost = self.engine.forget_http_process(index)
+        settled = time.monotonic() - self.http_started_at[index] >= HTTP_SETTLED
+        self.http_start_failures[index] = 0 if settled else self.http_start_failures[index] + 1
+        if self.http_start_failures[index] >= START_FAILURES:
+            self._give_up(
+                f"HTTP server process {index} died {START_FAILURES} times in a row within "
+                f"{HTTP_SETTLED:g} s of starting (exit code {process.exitcode})"
+            )
+            return
+        logger.error(
+            "HTTP process %d (pid %s) died with exit code %s; %d requests it had admitted "
+            "are lost; starting a new one",
+            index,
+            process.pid,
+            process.exitcode,
+            lost,
+        )
+        HTTP_RESTARTS.inc()
+        forget_process(process.pid)
+        self.http_processes[index] = self.relaunch_http(index)
+        self.http_started_at[index] = time.monotonic()
 
     def retire(self, slot: int) -> None:
         """Take a serving version out of service: it takes no new requests, and its workers
@@ -296,10 +339,13 @@ class EngineServer(ServerHooks):
             self.engine.drain_timeout,
         )
         self.shutdown_event.set()
-        http = [p for p in http_processes if p.is_alive()]
-        # Requests arriving on open keep-alive connections now get 503 + Connection: close,
-        # before uvicorn closes the idle ones.
+        http = [p for p in self.http_processes or http_processes if p.is_alive()]
+        # Requests now get 503 + Connection: close, and load balancers see readiness fail,
+        # while the listener still takes connections.
         time.sleep(max(DRAIN_NOTICE, 2 * DRAIN_POLL))
+        empty_before_close(self.listeners, QUEUE_EMPTIED_WITHIN)
+        for sock in self.listeners:
+            sock.close()
         for process in http:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)  # uvicorn: stop accepting, finish requests

@@ -36,6 +36,7 @@ from ..errors import (
     for_reason,
 )
 from ..writes import CoalescingTransport
+from .locks import ProcessLock
 from .stats import Stats
 from .table import Slot, State, VersionTable
 from .wire import Cancel, FrameReader, Infer, Tensors, address, frame, pack, unpack
@@ -195,7 +196,7 @@ class Engine:
         # a row per HTTP process of requests in flight per table slot, so that what a dead
         # one admitted can be let go; then the requests answered in total
         self.counts = ctx.RawArray("q", http_processes * table.capacity + 1)
-        self.counts_lock = ctx.Lock()  # one plain lock: a synchronized Array retakes it per item
+        self.counts_lock = ProcessLock()  # one lock: a synchronized Array retakes it per item
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(table.capacity)  # Triton's inference statistics
         self._seen = -1  # the table generation this process last read

@@ -13,6 +13,8 @@ import multiprocessing as mp
 import time
 from typing import Literal
 
+from .locks import ProcessLock
+
 MAX_WORKERS = 64  # inference workers per model version that can count (each has its own cells)
 
 
@@ -49,10 +51,10 @@ class Stats:
 
     def __init__(self, capacity: int) -> None:
         ctx = mp.get_context("spawn")  # made before LitServe's processes, so they share it
-        # Written by the HTTP processes, under a lock they alone take (a plain one over raw
-        # cells: a synchronized Array would take it again for every item).
+        # Written by the HTTP processes, under a lock they alone take (one over raw cells: a
+        # synchronized Array would take it again for every item), which a killed one releases.
         self.requests = ctx.RawArray(RequestCells, capacity)
-        self.requests_lock = ctx.Lock()
+        self.requests_lock = ProcessLock()
         # Cells per slot and worker, each written by that worker alone and read without a
         # lock: a worker killed while writing holds no lock that would stop the others.
         self.batches = ctx.RawArray(BatchCells, capacity * MAX_WORKERS)

@@ -17,6 +17,8 @@ import time
 from enum import IntEnum
 from typing import NamedTuple
 
+from .locks import ProcessLock
+
 CAPACITY = 64  # versions with workers at once, across every model
 NOTE_BYTES = 1024  # the longest reason kept for a failed load
 
@@ -87,10 +89,10 @@ class VersionTable:
         # Raw cells and one plain lock: a synchronized Array takes its lock again (in Python)
         # for every item read, and the HTTP processes read a slot on every request.
         self.cells = ctx.RawArray(SlotCells, capacity)
-        self.cells_lock = ctx.Lock()
+        self.cells_lock = ProcessLock()
         self.generation = ctx.RawValue("q", 0)
         self.per_model = ctx.RawArray(ModelCells, len(self.models))
-        self.asks_lock = ctx.Lock()
+        self.asks_lock = ProcessLock()
 
     def _model(self, model: str) -> ModelCells:
         return self.per_model[self.models.index(model)]  # a view of the shared memory

@@ -169,6 +169,9 @@ class EngineServer(ServerHooks):
 
     @staticmethod
     def _failure(api: LitAPI, process: mp.Process, state: str) -> str:
+        if process.exitcode is not None and process.exitcode < 0:  # no traceback to point at
+            how = f"was killed by signal {signal.Signals(-process.exitcode).name}"
+            return f"{api.label} could not be loaded: its inference worker {how}"
         how = "raised in setup" if state == WorkerSetupStatus.ERROR else "died"
         return (
             f"{api.label} could not be loaded: its inference worker {how} "

@@ -4,9 +4,10 @@
 The engine serves model versions, each named by a key like "mlp:2" and placed in a slot of
 the version table (table.py). One `Engine` is made in the main process before LitServe forks
 its HTTP processes; what the processes share lives in shared memory (the table, requests in
-flight per slot, for the one queue bound of TENSORGATE_MAX_QUEUE across every HTTP process,
-and the time a drain began). Each HTTP process opens its own connection to every worker of
-each version it serves, on its own event loop, and closes them once the version is retired:
+flight per slot and HTTP process, for the one queue bound of TENSORGATE_MAX_QUEUE across
+every HTTP process, and the time a drain began). Each HTTP process opens its own connection
+to every worker of each version it serves, on its own event loop, and closes them once the
+version is retired:
 
 - a request goes to the model's connected worker with the fewest requests in flight;
 - a worker's death closes its connections, which fails its requests at once (503) and marks

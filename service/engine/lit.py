@@ -4,9 +4,9 @@ knows this release's internals.
 - `ServerHooks` is LitServer with the hooks the engine replaces turned into named steps
   (`setup_status`, `prepare`, `workers_launched`, `wait_for_workers`, `http_process`,
   `app_built`, `http_started`, `start_supervision`, `drain`, `interrupted`) and what the
-  engine needs of it as plain methods (`add_api`, `relaunch`, `workers_per_api`,
-  `setup_states`, `shutdown_event`); EngineServer (server.py) implements the steps and
-  touches no LitServer name but its constructor, `run` and `app`;
+  engine needs of it as plain methods (`add_api`, `relaunch`, `relaunch_http`,
+  `workers_per_api`, `setup_states`, `shutdown_event`); EngineServer (server.py) implements
+  the steps and touches no LitServer name but its constructor, `run` and `app`;
 - `EngineLoop` takes LitServe's positional call of a LitAPI's loop and hands the engine's
   loop (worker.py) the api, the worker id and a way to say that its socket listens;
 - `SetupStatus` is LitServe's `workers_setup_status` mapping, its keys and states, kept in

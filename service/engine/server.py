@@ -14,13 +14,15 @@ replaces:
   the version table; `place`, `retire` and `discard` load and unload versions while serving,
   as the service's lifecycle (the `Controller`) decides;
 - `start_supervision`: a supervisor that replaces a dead worker (its requests have already
-  failed in the HTTP processes, which saw its sockets close), counts restarts, gives up on a
-  worker that keeps dying before it is ready, stops a retired version's workers once its
-  admitted requests are answered, and runs the controller;
+  failed in the HTTP processes, which saw its sockets close) and a dead HTTP process (forked
+  again on the listening socket the main process keeps), counts restarts, gives up on one
+  that keeps dying as it starts, stops a retired version's workers once its admitted
+  requests are answered, and runs the controller;
 - `app_built`: each HTTP process's app is `front` (the inference fast path) over FastAPI's
   middleware stack, so the hot requests skip FastAPI's own layers;
-- `drain`: readiness 503, then every HTTP process stops accepting and answers what it has,
-  then the workers stop, bounded by the drain deadline.
+- `drain`: readiness 503, then the listener stops taking connections (listener.py) and
+  every HTTP process answers what reaches the connections it has (connections.py), then the
+  workers stop, bounded by the drain deadline.
 """
 
 import contextlib

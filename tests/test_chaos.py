@@ -209,8 +209,8 @@ def test_a_minute_of_kills_and_hot_loads_under_mixed_load_loses_only_what_was_in
                     else http_processes(process.pid)
                 )
                 if victims:
+                    kills.append((time.monotonic(), kind))  # before: its cuts come at once
                     os.kill(chance.choice(victims), signal.SIGKILL)
-                    kills.append((time.monotonic(), kind))
                 next_kill = time.monotonic() + KILL_EVERY
             time.sleep(0.05)
         calls = load.join()

@@ -26,6 +26,7 @@ from .grpc_server import check_port, grpc_server
 from .lifecycle import Lifecycle
 from .metrics import QueueCollector, render
 from .openapi import document
+from .protocol import Signature
 from .repository import ServedModel
 from .rest import ModelRoutes, VersionSpec, api_path, error_response, read_body, to_response
 from .schemas import Error, IndexEntry, TritonStatistics
@@ -35,6 +36,8 @@ from .settings import Settings
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
 CONTROL_BODY_BYTES = 64 * 1024  # the repository index's body is {"ready": true} at most
+# the routes that answer for a model no route names: 404, 405, or one added while serving
+CATCH_ALL = ("/v1/models/{model}", "/v2/models/{model}", "/v2/models/{model}/{rest:path}")
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -84,7 +87,11 @@ def add_docs(app: FastAPI, plane: DataPlane) -> None:
 
 def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
     """The server-wide routes, each an adapter over the data plane."""
-    queues = QueueCollector(sorted(plane.models), plane.settings.max_queue, plane.in_flight)
+
+    def served() -> list[str]:
+        return sorted(m.name for m in plane.every_model())
+
+    queues = QueueCollector(served, plane.settings.max_queue, plane.in_flight)
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -154,19 +161,64 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
 
     # Registered after every other route, so they answer only what no route matched.
     async def unknown(request: Request, model: str) -> Response:
+        name = model.split(":", 1)[0]
+        if name not in plane.models and not allowed_methods(app, request.scope, unknown):
+            # NotFound, naming the served models only to who may read metadata (a readiness
+            # probe carries no key, so it gets the plain 404 the model's own probe route
+            # would give); or a model added while serving, whose routes are added now
+            probe = request.method == "GET" and request.url.path.endswith("/ready")
+            plane.model(name, None if probe else request.headers)
+            route = matching_route(app, request.scope, unknown)
+            if route is not None:
+                return await answer_with(route, request)
         allowed = allowed_methods(app, request.scope, unknown)
         if allowed:
             raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
-        name = model.split(":", 1)[0]
-        # NotFound, naming the served models only to who may read metadata; a readiness probe
-        # carries no key, so it gets the plain 404 the model's own probe route would give
-        probe = request.method == "GET" and request.url.path.endswith("/ready")
-        plane.model(name, None if probe else request.headers)
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    for path in ("/v1/models/{model}", "/v2/models/{model}", "/v2/models/{model}/{rest:path}"):
+    for path in CATCH_ALL:
         app.add_api_route(path, unknown, methods=methods, include_in_schema=False)
+
+
+def add_model_routes(
+    app: FastAPI,
+    plane: DataPlane,
+    specs: list[ModelRoutes],
+    signatures: list[Signature],
+    model: ModelVersions,
+) -> None:
+    """Give a model that this HTTP process meets while serving (DataPlane.discover) the routes
+    of a model served since start: in FastAPI ahead of the catch-alls, in the fast path (which
+    takes on what `specs` gains) and in the OpenAPI document (made again from `signatures`)."""
+    spec = ModelRoutes(model, plane)
+    routes = app.router.routes
+    before = len(routes)
+    for path, endpoint, methods in spec.endpoints:
+        app.add_api_route(path, endpoint, methods=methods)
+    added = routes[before:]
+    del routes[before:]
+    first_catch_all = next(i for i, r in enumerate(routes) if getattr(r, "path", "") in CATCH_ALL)
+    routes[first_catch_all:first_catch_all] = added
+    specs.append(spec)
+    signatures.append(model.signatures[model.at_start.version])
+    app.openapi_schema = None
+
+
+def matching_route(app: FastAPI, scope: dict, catch_all: object) -> APIRoute | None:
+    """The route other than the catch-all that takes this request, if one does now."""
+    for route in app.router.routes:
+        ours = isinstance(route, APIRoute) and route.endpoint is not catch_all
+        if ours and route.matches(scope)[0] == Match.FULL:
+            return route
+    return None
+
+
+async def answer_with(route: APIRoute, request: Request) -> Response:
+    """What the route's endpoint answers (a ModelRoutes handler: a Response or a dict)."""
+    _, child = route.matches({**request.scope, "path_params": {}})  # not the catch-all's
+    answer = await route.endpoint(request, **child["path_params"])
+    return answer if isinstance(answer, Response) else JSONResponse(answer)
 
 
 def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:
@@ -231,4 +283,5 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     )
     signatures = [m.signatures[m.at_start.version] for m in served]
     document(server.app, SERVER["name"], SERVER["version"], description, signatures)
+    plane.on_model = partial(add_model_routes, server.app, plane, specs, signatures)
     return server

@@ -7,6 +7,7 @@ import time
 
 from .engine import Action, Engine
 from .errors import BadRequest, Unavailable
+from .repository import model_folders
 from .served import ModelVersions
 from .settings import Settings
 from .triton import index_entries, unserved_entries
@@ -25,33 +26,33 @@ async def index(models: list[ModelVersions], settings: Settings, ready_only: boo
 
 
 async def load_or_unload(
-    models: list[ModelVersions], settings: Settings, engine: Engine, model: str, action: Action
+    settings: Settings, engine: Engine, model: str, action: Action, known: bool
 ) -> None:
-    """Load or unload `model`: a load returns once its new versions serve, or raises saying
-    why one could not."""
+    """Ask the main process to load or unload `model` (`known`: this process serves it
+    already; one that is not is named in the version table first, if its folder is in the
+    repository); returns once it has, or raises saying why it could not."""
     verb = action.name.lower()
     if settings.model_control != "explicit":
         raise BadRequest(
             f"cannot {verb} '{model}': the model control mode is "
             f"{settings.model_control} (TENSORGATE_MODEL_CONTROL=explicit allows it)"
         )
-    by_name = {m.name: m for m in models}
-    if model not in by_name:
-        raise BadRequest(
-            f"cannot {verb} '{model}': only the models served since start can be loaded and "
-            f"unloaded ({', '.join(sorted(by_name))}); restart to serve a new model"
-        )
+    if not known:
+        if model not in model_folders(settings.repository):
+            raise BadRequest(f"cannot {verb} '{model}': no such model in the repository")
+        try:
+            engine.table.add_model(model)
+        except (ValueError, RuntimeError) as e:
+            raise BadRequest(f"cannot {verb} '{model}': {e}") from None
     request_id = engine.table.ask(model, action)
     outcome = await engine.table.outcome(model, request_id, LOAD_WAIT)
     if outcome is None:
         raise Unavailable(f"model '{model}': no answer to the {verb} within {LOAD_WAIT:g} s")
     if not outcome.ok:
         raise BadRequest(f"failed to load '{model}': {outcome.reason}")
-    if action == Action.LOAD:
-        await _until_ready(by_name[model])
 
 
-async def _until_ready(model: ModelVersions) -> None:
+async def until_ready(model: ModelVersions) -> None:
     """Until this HTTP process reaches the workers of the versions now serving."""
     deadline = time.monotonic() + READY_WAIT
     while not await model.ready():

@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from artifacts.manifest import ARTIFACTS
+from artifacts.manifest import ARTIFACTS, ManifestError
 from artifacts.runtimes import Tensors
 
 from . import control
@@ -25,7 +25,7 @@ from .engine import Action, Engine, Gone
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
 from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import Decoded, Signature
-from .repository import ServedModel
+from .repository import ServedModel, describe
 from .served import ModelVersions
 from .settings import Settings
 from .triton import model_config
@@ -68,6 +68,10 @@ class Call:
     error: Exception | None = None
 
 
+def no_routes(model: ModelVersions) -> None:
+    """DataPlane.on_model where nothing routes requests (the workers' copy, the tests')."""
+
+
 class DataPlane:
     """Made once in the main process before the HTTP processes fork: each process then uses
     its own copy, over the engine's shared memory."""
@@ -77,17 +81,47 @@ class DataPlane:
     ) -> None:
         self.models = {m.name: m for m in models}
         self.settings, self.engine = settings, engine
+        # called with each model this process takes on while serving (discover): the HTTP
+        # app adds its routes
+        self.on_model: Callable[[ModelVersions], None] = no_routes
         self.device = device  # "cpu" or "cuda", for Triton's model configuration
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
         self._children: dict[tuple[str, Transport, str, int], tuple] = {}
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "on_model": no_routes}  # the app stays in its process
+
     def authorise(self, credentials: Credentials) -> None:
         check_key(credentials, self.settings.api_key)
+
+    def discover(self) -> None:
+        """Take on the models named in the version table since start that have a version
+        placed (loading, serving or retiring), reading that version's manifest."""
+        if len(self.models) == len(self.engine.table.models):
+            return
+        placed = {}
+        for slot in self.engine.table.slots():
+            if slot.model not in self.models:
+                placed[slot.model] = max(slot.version, placed.get(slot.model, 0))
+        for name, version in placed.items():
+            policy = self.settings.policy(name)
+            try:
+                first = describe(self.settings, name, version, policy, verify=False)
+            except ManifestError:  # removed meanwhile: the main process unloads it
+                continue
+            self.models[name] = model = ModelVersions([first], self.settings, self.engine)
+            self.on_model(model)
+
+    def every_model(self) -> list[ModelVersions]:
+        self.discover()
+        return list(self.models.values())
 
     def model(self, name: str, credentials: Credentials | None = None) -> ModelVersions:
         """The model, or NotFound; the served models are named only to a caller who may read
         metadata (with an API key set: one who gave it)."""
+        if name not in self.models:
+            self.discover()
         if name not in self.models:
             if credentials is not None:
                 self.authorise(credentials)  # a 401 first: no names to a caller without it
@@ -101,7 +135,7 @@ class DataPlane:
     async def server_ready(self) -> Readiness:
         if self.engine.draining:
             return Readiness(False, "not ready: the server is shutting down")
-        loading = [m.name for m in self.models.values() if not await m.ready()]
+        loading = [m.name for m in self.every_model() if not await m.ready()]
         if loading:
             return Readiness(False, f"not ready: {', '.join(loading)} loading or restarting")
         return Readiness(True)
@@ -112,7 +146,7 @@ class DataPlane:
 
     def model_names(self, credentials: Credentials) -> list[str]:
         self.authorise(credentials)
-        return sorted(self.models)
+        return sorted(m.name for m in self.every_model())
 
     def in_flight(self, name: str) -> int:
         """The model's requests admitted and not yet answered, every version's, across every
@@ -165,7 +199,7 @@ class DataPlane:
         or the one version named."""
         self.authorise(credentials)
         if name is None:
-            return [entry for m in self.models.values() for entry in m.stats()]
+            return [entry for m in self.every_model() for entry in m.stats()]
         model = self.model(name, credentials)
         return model.stats(model.served(version) if version else None)
 
@@ -173,13 +207,16 @@ class DataPlane:
 
     async def repository_index(self, ready_only: bool, credentials: Credentials) -> list[dict]:
         self.authorise(credentials)
-        return await control.index(list(self.models.values()), self.settings, ready_only)
+        return await control.index(self.every_model(), self.settings, ready_only)
 
     async def model_control(self, name: str, action: Action, credentials: Credentials) -> None:
-        """Load or unload a model (explicit model control)."""
+        """Load or unload a model (explicit model control), one new to the repository too."""
         self.authorise(credentials)
-        models = list(self.models.values())
-        await control.load_or_unload(models, self.settings, self.engine, name, action)
+        known = name in self.models
+        await control.load_or_unload(self.settings, self.engine, name, action, known)
+        if action == Action.LOAD:
+            self.discover()
+            await control.until_ready(self.models[name])
 
     # -- inference -----------------------------------------------------------------------
 

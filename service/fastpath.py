@@ -28,22 +28,28 @@ class InferenceFastPath:
     handler; anything else to `app`."""
 
     def __init__(self, app: ASGIApp, specs: list[ModelRoutes]) -> None:
+        """`specs`: every model's routes; a model added while serving is appended to it."""
         self.app = app
+        self.specs, self.taken = specs, 0
         self.handlers: dict[tuple[str, str], Handler] = {}
         # method -> (path before the version, path after it, handler): versions come and go
         self.versioned: dict[str, list[tuple[str, str, Handler]]] = {}
-        for spec in specs:
-            for route in filter(lambda r: r.hot, MODEL_ROUTES):
-                handler = getattr(spec, route.handler)
-                if "{version}" not in route.path:
-                    self.handlers[(route.method, route.concrete(spec.name, 0))] = handler
-                    continue
-                before, after = route.path.format(model=spec.name, version="\0").split("\0")
-                self.versioned.setdefault(route.method, []).append((before, after, handler))
         self.answer = GZipMiddleware(self._answer, minimum_size=1000)  # as LitServe's default
+
+    def _take(self, spec: ModelRoutes) -> None:
+        for route in filter(lambda r: r.hot, MODEL_ROUTES):
+            handler = getattr(spec, route.handler)
+            if "{version}" not in route.path:
+                self.handlers[(route.method, route.concrete(spec.name, 0))] = handler
+                continue
+            before, after = route.path.format(model=spec.name, version="\0").split("\0")
+            self.versioned.setdefault(route.method, []).append((before, after, handler))
 
     def find(self, method: str, path: str) -> Handler | None:
         """The hot route's handler for this method and path, if it is one."""
+        while self.taken < len(self.specs):
+            self._take(self.specs[self.taken])
+            self.taken += 1
         handler = self.handlers.get((method, path))
         if handler is not None:
             return handler

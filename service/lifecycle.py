@@ -4,9 +4,14 @@ have it: the main process's controller, run by the engine's supervisor every rou
 - none: the versions chosen at start, until the server stops;
 - poll: every TENSORGATE_REPOSITORY_POLL seconds each model's folder is read again and its
   version policy applied: new versions are loaded, versions gone or no longer chosen are
-  unloaded, a model whose folder is gone is unloaded;
-- explicit: `POST /v2/repository/models/{m}/load` does that for one model (and serves it
-  again after an unload); `.../unload` unloads every version of it.
+  unloaded, a model whose folder is gone is unloaded, and a new model folder is served
+  (unless TENSORGATE_MODELS names the models to serve);
+- explicit: `POST /v2/repository/models/{m}/load` does that for one model, one added to the
+  repository since start included (and serves it again after an unload); `.../unload`
+  unloads every version of it.
+
+A model added while serving is named in the version table, where every process finds it
+(an HTTP process adds its routes when it first meets it: dataplane.py).
 
 A version is verified (its manifest, every file's sha256) before its workers start, and
 takes traffic once they are warm; only then are the versions it replaces retired, which
@@ -27,7 +32,7 @@ from artifacts.manifest import ManifestError, versions
 
 from .engine import Action, EngineServer, LitAPI, StartupError, State, VersionTable
 from .metrics import LOAD_FAILURES
-from .repository import ServedModel, describe
+from .repository import ServedModel, describe, model_folders
 from .settings import Settings, VersionPolicy
 
 logger = logging.getLogger(__name__)
@@ -66,7 +71,7 @@ class Ask:
 class Lifecycle:
     settings: Settings
     table: VersionTable
-    policies: dict[str, VersionPolicy]  # every model served since start
+    policies: dict[str, VersionPolicy]  # every model named in the version table
     make_api: MakeAPI
     # the versions each model is to serve: those served at start, until a sync reads the
     # repository again (poll mode, or a load); never the repository read behind its back
@@ -80,9 +85,13 @@ class Lifecycle:
         self.next_poll = time.monotonic() + self.settings.repository_poll
 
     def step(self, server: EngineServer) -> None:
+        polled = self.settings.model_control == "poll" and time.monotonic() >= self.next_poll
+        if polled and self.settings.pinned is None:
+            self._name_new_folders()
+        self._adopt()
         for model in self.policies:
             self._take_request(server, model)
-        if self.settings.model_control == "poll" and time.monotonic() >= self.next_poll:
+        if polled:
             self.next_poll = time.monotonic() + self.settings.repository_poll
             for model in self.policies:
                 self.sync(server, model)
@@ -90,6 +99,29 @@ class Lifecycle:
         for model in self.policies:
             self._retire_replaced(server, model)
         self._answer()
+
+    # -- which models ----------------------------------------------------------------------
+
+    def _name_new_folders(self) -> None:
+        """Name in the table each model folder with a complete version that it lacks."""
+        repository = self.settings.repository
+        for name in model_folders(repository):
+            if name in self.table.models or not versions(repository / name):
+                continue
+            try:
+                self.table.add_model(name)
+            except (ValueError, RuntimeError) as e:
+                logger.error("model folder '%s' not served: %s", name, e)
+
+    def _adopt(self) -> None:
+        """Take on the models named since the last round (by the poller, or by an HTTP
+        process asking for an explicit load): the settings' version policy, nothing wanted
+        until a sync reads their folders."""
+        for name in self.table.models:
+            if name not in self.policies:
+                self.policies[name] = self.settings.policy(name)
+                self.targets[name] = ()
+                logger.info("model '%s': new in the repository", name)
 
     # -- what to serve -------------------------------------------------------------------
 

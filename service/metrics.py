@@ -79,7 +79,10 @@ class QueueCollector:
     """The queue bound and what fills it, read from the engine's shared counters at scrape time:
     exact across HTTP processes, and nothing to update per request."""
 
-    def __init__(self, models: list[str], limit: int, in_flight: Callable[[str], int]) -> None:
+    def __init__(
+        self, models: Callable[[], list[str]], limit: int, in_flight: Callable[[str], int]
+    ) -> None:
+        """`models`: the models served now (models are added while serving)."""
         self.models, self.limit, self.in_flight = models, limit, in_flight
 
     def collect(self):
@@ -93,7 +96,7 @@ class QueueCollector:
             "Inference requests admitted and not yet answered (queued or running), per model.",
             labels=["model"],
         )
-        for model in self.models:
+        for model in self.models():
             limit.add_metric([model], self.limit)
             queued.add_metric([model], self.in_flight(model))
         yield limit

@@ -56,6 +56,11 @@ def _select(repository: Path, name: str, policy: VersionPolicy) -> tuple[int, ..
     return chosen
 
 
+def model_folders(repository: Path) -> list[str]:
+    """The names of the model folders in the repository (hidden ones are not models)."""
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and p.name[0] != ".")
+
+
 def load_models(settings: Settings) -> list[ServedModel]:
     """Resolve, read and sha256-verify every version to serve, by model then version; raise
     ManifestError naming the first problem, so a bad repository stops start-up instead of
@@ -65,8 +70,7 @@ def load_models(settings: Settings) -> list[ServedModel]:
         raise ManifestError(f"model repository {repository} does not exist (make export makes it)")
     pinned = settings.pinned
     if pinned is None:
-        names = sorted(p.name for p in repository.iterdir() if p.is_dir() and p.name[0] != ".")
-        pinned = dict.fromkeys(names)
+        pinned = dict.fromkeys(model_folders(repository))
     if not pinned:
         raise ManifestError(f"model repository {repository} holds no models")
     unknown = sorted(set(settings.policies) - set(pinned))

@@ -7,7 +7,7 @@ call)."""
 from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
 from .engine import Slot, State
-from .repository import ServedModel
+from .repository import ServedModel, model_folders
 from .served import ModelVersions
 from .settings import Settings
 
@@ -94,15 +94,13 @@ NOT_LOADED = {  # why a version the policy picks has no workers, by model contro
 def unserved_entries(settings: Settings, served: set[str]) -> list[dict]:
     """The repository's other models: UNAVAILABLE, and why."""
     repository = settings.repository
-    folders = (p for p in repository.iterdir() if p.is_dir() and p.name not in served)
-    left_out = settings.pinned is not None  # TENSORGATE_MODELS names what is served
-    reason = (
-        "not served (TENSORGATE_MODELS)"
-        if left_out
-        else "added after the server started: restart it to serve a new model"
-    )
+    reason = NOT_LOADED[settings.model_control]
+    if settings.pinned is not None and settings.model_control != "explicit":
+        reason = "not served (TENSORGATE_MODELS)"  # the poller adopts no model left out
     return [
-        {"name": p.name, "version": str(v), "state": "UNAVAILABLE", "reason": reason}
-        for p in sorted(folders)
-        for v in versions(p)
+        {"name": name, "version": str(v), "state": "UNAVAILABLE"}
+        | {"reason": reason.format(model=name)}
+        for name in model_folders(repository)
+        if name not in served
+        for v in versions(repository / name)
     ]

@@ -221,12 +221,13 @@ def test_the_repository_index_reports_each_versions_state(plane):
     assert run(plane.plane.repository_index(True, {})) == [entries[1]]
 
 
-def test_the_index_says_a_model_added_while_serving_needs_a_restart(plane, tmp_path):
+def test_the_index_says_how_a_model_added_while_serving_is_served(plane, tmp_path):
     publish(tmp_path, 1, name="newcomer")
     entries = run(plane.plane.repository_index(False, {}))
     [new] = [e for e in entries if e["name"] == "newcomer"]
     assert new["state"] == "UNAVAILABLE"
-    assert new["reason"] == "added after the server started: restart it to serve a new model"
+    assert plane.settings.model_control == "explicit"
+    assert new["reason"] == "not loaded yet: POST /v2/repository/models/newcomer/load loads it"
     pinned = Settings(repository=tmp_path, models=MODEL)
     entries = run(control.index([plane.models], pinned, False))
     assert [e["reason"] for e in entries if e["name"] == "newcomer"] == [
@@ -234,14 +235,14 @@ def test_the_index_says_a_model_added_while_serving_needs_a_restart(plane, tmp_p
     ]
 
 
-def test_control_refuses_a_model_not_served_since_start_and_a_mode_not_explicit(plane):
-    with pytest.raises(BadRequest, match="only the models served since start"):
-        run(plane.plane.model_control("other", Action.LOAD, {}))
-    plane.settings = plane.settings.model_copy(update={"model_control": "poll"})
+def test_control_refuses_a_model_not_in_the_repository_and_a_mode_not_explicit(plane):
+    explicit = plane.settings.model_copy(update={"model_control": "explicit"})
+    with pytest.raises(BadRequest, match="no such model in the repository"):
+        run(control.load_or_unload(explicit, plane.engine, "other", Action.LOAD, known=False))
+    assert "other" not in plane.table.models  # not named: nothing was asked
+    poll = plane.settings.model_copy(update={"model_control": "poll"})
     with pytest.raises(BadRequest, match="the model control mode is poll"):
-        run(
-            control.load_or_unload([plane.models], plane.settings, plane.engine, MODEL, Action.LOAD)
-        )
+        run(control.load_or_unload(poll, plane.engine, MODEL, Action.LOAD, known=True))
     assert plane.table.pending(MODEL) is None  # nothing was asked of the main process
 
 

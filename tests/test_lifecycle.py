@@ -1,6 +1,7 @@
 """Model lifecycle without restarts (lifecycle.py, engine/table.py), on the real service: a
 new export taking over while 16 clients post, a tampered export refused while the serving
-version goes on, a model removed from the repository unloaded, tritonclient's load_model."""
+version goes on, a model removed from the repository unloaded, tritonclient's load_model, and
+models added to the repository while serving (poll and explicit)."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from helpers import Clients, direct, rows, uncertain_mlp_rows, v2_json
 from tritonclient.utils import InferenceServerException
@@ -176,3 +178,85 @@ def test_tritonclients_load_model_serves_a_new_export_and_refuses_a_tampered_one
         after = s.post("/v2/models/mlp/infer", json=v2_json(rows("mlp", 1))).json()
         assert after["model_version"] == "2"  # the serving version goes on
         assert client.is_model_ready("resnet")  # untouched
+
+
+def publish_model(exported: Path, repository: Path, name: str, staging: Path) -> None:
+    """A whole model folder moved into the repository at once, as a copy of `exported`'s."""
+    shutil.copytree(exported / name, staging / name)
+    os.rename(staging / name, repository / name)
+
+
+def test_the_poller_serves_a_model_added_to_the_repository_on_every_route(
+    repository, exported, tmp_path
+):
+    """transformer, absent at start, is published while 8 clients post to mlp: it serves on
+    V1, V2 (both HTTP processes: its routes and the fast path), gRPC, metadata, the model
+    list, OpenAPI, statistics, metrics and the repository index; mlp never notices."""
+    x = rows("transformer", 3)
+    mlp_body = json.dumps({"instances": rows("mlp", 2).tolist()}).encode()
+    settings = {"model_control": "poll", "repository_poll": POLL, "api_servers": 2}
+    with running_service(repository, tmp_path, **settings) as s:
+        port = int(s.url.rsplit(":", 1)[1])
+        assert s.get("/v2/models/transformer").status_code == 404
+        clients = Clients(port, "/v1/models/mlp:predict", mlp_body, {}, 8)
+        publish_model(exported, repository, "transformer", tmp_path)
+        wait_for(s.log, "model 'transformer' version 1: serving")
+        expected = direct(repository, "transformer", x)
+        for _ in range(8):  # fresh connections: both HTTP processes meet the new model
+            v2 = s.post("/v2/models/transformer/infer", json=v2_json(x))
+            assert v2.status_code == 200, v2.text
+            got = np.array(v2.json()["outputs"][0]["data"], np.float32).reshape(len(x), -1)
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+            v1 = s.post("/v1/models/transformer:predict", json={"instances": x.tolist()})
+            assert v1.status_code == 200, v1.text
+            assert s.get("/v2/models/transformer/versions/1/ready").status_code == 200
+        grpc = grpcclient.InferenceServerClient(s.grpc)
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        answer = grpc.infer("transformer", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(answer, expected, atol=1e-5, rtol=0)
+        assert s.get("/v2/models/transformer").json()["versions"] == ["1"]
+        assert "transformer" in s.get("/v2/models").json()["models"]
+        assert "/v2/models/transformer/infer" in s.get("/openapi.json").json()["paths"]
+        stats = s.get("/v2/models/transformer/stats").json()["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] >= 16
+        assert s.metric("tensorgate_queue_limit", model="transformer") > 0
+        index = {
+            (e["name"], e["version"]): e["state"] for e in s.post("/v2/repository/index").json()
+        }
+        assert index[("transformer", "1")] == "READY"
+        outcomes = clients.join()
+    assert set(outcomes) == {200}, outcomes
+
+
+def test_an_explicit_load_serves_a_new_model_refuses_a_broken_one_and_unload_removes_it(
+    repository, exported, tmp_path
+):
+    with running_service(repository, tmp_path, model_control="explicit") as s:
+        client = httpclient.InferenceServerClient(s.url.removeprefix("http://"))
+        publish_model(exported, repository, "transformer", tmp_path)
+        index = {e["name"]: e for e in client.get_model_repository_index()}
+        assert index["transformer"]["state"] == "UNAVAILABLE"
+        assert "load" in index["transformer"]["reason"]
+        client.load_model("transformer")  # returns once it serves
+        x = rows("transformer", 2)
+        answer = s.post("/v2/models/transformer/infer", json=v2_json(x))
+        assert answer.status_code == 200, answer.text
+        # a broken new model (its manifest names another): refused saying so, and nothing
+        # that serves is disturbed
+        shutil.copytree(exported / "transformer", tmp_path / "broken")
+        os.rename(tmp_path / "broken", repository / "broken")
+        with pytest.raises(InferenceServerException, match="manifest says transformer"):
+            client.load_model("broken")
+        with pytest.raises(InferenceServerException, match="no such model in the repository"):
+            client.load_model("nosuch")
+        for outside in ("..", ".hidden", "mlp/1"):  # names, never paths
+            with pytest.raises(InferenceServerException):
+                client.load_model(outside)
+        assert client.is_model_ready("transformer") and client.is_model_ready("mlp")
+        client.unload_model("transformer")
+        gone = s.post("/v2/models/transformer/infer", json=v2_json(x))
+        assert gone.status_code == 503 and "unloaded" in gone.json()["error"], gone.text
+        index = {e["name"]: e for e in client.get_model_repository_index()}
+        assert index["transformer"]["state"] == "UNAVAILABLE"
+        assert index["broken"]["state"] == "UNAVAILABLE"

@@ -90,7 +90,7 @@ def test_explicit_model_control_unloads_and_loads_a_model_the_others_untouched(e
         unknown = s.post("/v2/repository/models/vgg/load", headers=key)
         assert (
             unknown.status_code == 400
-            and "only the models served since start" in unknown.json()["error"]
+            and "no such model in the repository" in unknown.json()["error"]
         )
 
 

@@ -8,6 +8,11 @@ the generation it last read has changed, and so learns the versions loaded since
 
 Per model, the HTTP processes ask for Triton's load and unload here (`ask`), and the main
 process answers (`answer`) with the outcome and, for a failure, its reason.
+
+The models are named here too, in the order they were added: those served at start, then any
+added while serving (a new folder the poller finds, or an explicit load of one), by the main
+process or an HTTP process. A name is never removed (an unloaded model keeps its row), so a
+process's copy of the names is current while their count is unchanged.
 """
 
 import asyncio
@@ -20,6 +25,8 @@ from typing import NamedTuple
 from .locks import ProcessLock
 
 CAPACITY = 64  # versions with workers at once, across every model
+MODEL_CAPACITY = 256  # models ever named while the server runs
+NAME_BYTES = 128  # the longest model name, in UTF-8
 NOTE_BYTES = 1024  # the longest reason kept for a failed load
 
 
@@ -71,6 +78,7 @@ class ModelCells(ctypes.Structure):
     """What the HTTP processes ask of one model, and what the main process answers."""
 
     _fields_ = [
+        ("name", ctypes.c_char * NAME_BYTES),  # NUL-terminated UTF-8
         ("unloaded", ctypes.c_int64),  # 1: unloaded through the API; not loaded again
         ("ask_action", ctypes.c_int64),  # the newest request: an Action
         ("ask_id", ctypes.c_int64),  # its id; ids count up
@@ -83,7 +91,6 @@ class ModelCells(ctypes.Structure):
 
 class VersionTable:
     def __init__(self, models: list[str], capacity: int = CAPACITY) -> None:
-        self.models = list(models)
         self.capacity = capacity
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
         # Raw cells and one plain lock: a synchronized Array takes its lock again (in Python)
@@ -91,8 +98,39 @@ class VersionTable:
         self.cells = ctx.RawArray(SlotCells, capacity)
         self.cells_lock = ProcessLock()
         self.generation = ctx.RawValue("q", 0)
-        self.per_model = ctx.RawArray(ModelCells, len(self.models))
+        self.per_model = ctx.RawArray(ModelCells, MODEL_CAPACITY)
+        self.named = ctx.RawValue("q", 0)  # how many rows of per_model have a name
         self.asks_lock = ProcessLock()
+        self._names: list[str] = []  # this process's copy of the names
+        for model in models:
+            self.add_model(model)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_names": []}
+
+    @property
+    def models(self) -> list[str]:
+        """Every model named, in the order added."""
+        if len(self._names) != self.named.value:
+            with self.cells_lock:
+                count = self.named.value
+                self._names = [self.per_model[i].name.decode() for i in range(count)]
+        return self._names
+
+    def add_model(self, model: str) -> None:
+        """Name a model added while serving (a no-op for one already named)."""
+        encoded = model.encode()
+        if len(encoded) >= NAME_BYTES:
+            raise ValueError(f"model name {model!r} is longer than {NAME_BYTES - 1} bytes")
+        with self.cells_lock:
+            count = self.named.value
+            if any(self.per_model[i].name == encoded for i in range(count)):
+                return
+            if count == MODEL_CAPACITY:
+                raise RuntimeError(f"{MODEL_CAPACITY} models are named already, the most")
+            self.per_model[count].name = encoded
+            self.named.value = count + 1
+            self.generation.value += 1
 
     def _model(self, model: str) -> ModelCells:
         return self.per_model[self.models.index(model)]  # a view of the shared memory

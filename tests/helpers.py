@@ -1,10 +1,13 @@
 """What several test files share: held-out rows, the reference answers, request bodies, the
 external tools. Test files import this module, never each other."""
 
+import contextlib
 import http.client
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +22,7 @@ import pytest
 from artifacts.manifest import Backend, read_manifest, versions
 from export.formats import INPUT_NAME
 from load_tests.payloads import Served
+from load_tests.servers import START_TIMEOUT, free_port
 from training import REGISTRY
 
 NAMES = list(REGISTRY)
@@ -166,3 +170,81 @@ class Clients:
         for t in self.threads:
             t.join(timeout=60)
         return self.outcomes
+
+
+# -- services started by a test, and their processes ------------------------------------
+
+
+def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.Popen, int]:
+    """Start the service and wait until it is ready; the caller stops it. Its temporary files
+    go to a `tmp` folder beside the log."""
+    port = free_port()
+    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
+    env["TENSORGATE_GRPC_PORT"] = str(free_port())
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    (log.parent / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(log.parent / "tmp")
+    env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready(port):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return process, port
+
+
+def ready(port: int, path: str = "/v2/health/ready") -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
+def http_processes(pid: int) -> list[int]:
+    """The service's HTTP processes: the children forked with the main process's command
+    line (its inference workers are spawned: `multiprocessing.spawn`)."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == command:
+                found.append(child)
+    return sorted(found)
+
+
+def export_mlp(runs: Path, repository: Path) -> int:
+    """`python -m export` publishes mlp's next version; returns its number."""
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "--model", "mlp", "--runs", str(runs),
+         "--repository", str(repository)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return versions(repository / "mlp")[-1]

@@ -12,8 +12,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,11 +21,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import direct, rows, v2_json
-from test_production import children, http_processes, ready, serve, stop
+from helpers import children, direct, export_mlp, http_processes, ready, rows, serve, stop, v2_json
 from tritonclient.utils import InferenceServerException
 
-from artifacts.manifest import versions
 from load_tests.servers import free_port
 
 LOAD_SECONDS = 60
@@ -169,13 +165,7 @@ def hot_load(runs: Path, repository: Path, started: float, loaded: list[int]) ->
     published go to `loaded`."""
     for at in HOT_LOADS_AT:
         time.sleep(max(0.0, started + at - time.monotonic()))
-        done = subprocess.run(
-            [sys.executable, "-m", "export", "--model", "mlp", "--runs", str(runs),
-             "--repository", str(repository)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        loaded.append(versions(repository / "mlp")[-1])
+        loaded.append(export_mlp(runs, repository))
 
 
 @pytest.mark.slow

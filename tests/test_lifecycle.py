@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,10 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from helpers import Clients, direct, rows, uncertain_mlp_rows, v2_json
+from helpers import Clients, direct, export_mlp, rows, uncertain_mlp_rows, v2_json
 from tritonclient.utils import InferenceServerException
 
-from artifacts.manifest import read_manifest, versions
+from artifacts.manifest import read_manifest
 from load_tests.servers import running_service
 from training import train_and_save
 
@@ -41,17 +39,6 @@ def repository(exported, tmp_path) -> Path:
     for name in ("mlp", "resnet"):
         shutil.copytree(exported / name, repository / name)
     return repository
-
-
-def export_mlp(runs: Path, repository: Path) -> int:
-    """`python -m export` publishes mlp's next version; returns its number."""
-    done = subprocess.run(
-        [sys.executable, "-m", "export", "--model", "mlp", "--runs", str(runs),
-         "--repository", str(repository)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return versions(repository / "mlp")[-1]
 
 
 def publish_tampered(runs: Path, repository: Path, tmp_path: Path) -> tuple[int, Path]:

@@ -26,55 +26,26 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import Clients, artifact, direct, rows, served, v2_json
+from helpers import (
+    Clients,
+    artifact,
+    children,
+    direct,
+    http_processes,
+    ready,
+    rows,
+    serve,
+    served,
+    stop,
+    v2_json,
+)
 from tritonclient.utils import InferenceServerException
 
 from load_tests.payloads import request_body
-from load_tests.servers import START_TIMEOUT, free_port, running_service
+from load_tests.servers import free_port, running_service
 
 DRAIN_TIMEOUT = 10
 MLP_BODY = json.dumps({"instances": rows("mlp", 2).tolist()}).encode()
-
-
-def serve(repository: Path, log: Path, **settings: object) -> tuple[subprocess.Popen, int]:
-    """Start the service and wait until it is ready; the caller stops it. Its temporary files
-    go to a `tmp` folder beside the log."""
-    port = free_port()
-    env = {**os.environ, "TENSORGATE_REPOSITORY": str(repository), "TENSORGATE_PORT": str(port)}
-    env["TENSORGATE_GRPC_PORT"] = str(free_port())
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    (log.parent / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(log.parent / "tmp")
-    env.update({f"TENSORGATE_{k.upper()}": str(v) for k, v in settings.items()})
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not ready(port):
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    return process, port
-
-
-def ready(port: int, path: str = "/v2/health/ready") -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 async def keep_alive_clients(port: int, n: int, until: Callable[[], bool]) -> Counter:
@@ -278,29 +249,6 @@ def test_a_killed_worker_fails_only_its_requests_and_comes_back(exported, tmp_pa
         assert "worker 0 (pid" in log.read_text() and "died with exit code -9" in log.read_text()
     finally:
         stop(process)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except OSError:
-            pass  # gone meanwhile
-    return found
-
-
-def http_processes(pid: int) -> list[int]:
-    """The service's HTTP processes: the children forked with the main process's command
-    line (its inference workers are spawned: `multiprocessing.spawn`)."""
-    command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    found = []
-    for child in children(pid):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{child}/cmdline").read_bytes() == command:
-                found.append(child)
-    return sorted(found)
 
 
 def test_a_killed_http_process_is_replaced_and_the_others_keep_serving(exported, tmp_path):

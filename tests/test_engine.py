@@ -1,11 +1,14 @@
 """The engine's parts without a server: the wire format, the batching policy, the worker's loop
-on a real socket, the version table, the LitServe version check, and that no other module
-reaches into LitServe."""
+on a real socket, the version table, the LitServe version check, that no other module
+reaches into LitServe, the locks a killed process releases, and the listener at a drain."""
 
 import ast
 import asyncio
 import inspect
+import multiprocessing as mp
+import os
 import re
+import signal
 import socket
 import textwrap
 import threading
@@ -18,7 +21,10 @@ import pytest
 
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.client import Engine
+from service.engine.listener import empty_before_close, refuse_new_connections
+from service.engine.listener import queued as listener_queue
 from service.engine.lit import LITSERVE_VERSION, LitServer, StatusKey, check_litserve_version
+from service.engine.locks import ProcessLock
 from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
@@ -449,3 +455,57 @@ def test_a_workers_status_key_parses_back_even_with_underscores_in_the_endpoint(
     key = str(StatusKey.of("/v2/models/my_model/versions/slot_3", 12))
     assert key == "slot_3_12"
     assert StatusKey.parse(key) == StatusKey("slot_3", 12)
+
+
+# -- locks that a killed holder releases; the listener at a drain ----------------------------
+
+
+def hold_then_wait(lock: ProcessLock, held) -> None:
+    with lock:
+        held.set()
+        time.sleep(60)  # killed before this ends
+
+
+def test_a_process_killed_holding_a_process_lock_releases_it():
+    """multiprocessing's own Lock stays taken for ever; this one the kernel lets go."""
+    lock = ProcessLock()
+    ctx = mp.get_context("spawn")  # unpickled by path in the child, as in the workers
+    held = ctx.Event()
+    child = ctx.Process(target=hold_then_wait, args=(lock, held))
+    child.start()
+    assert held.wait(30)
+    taken = threading.Event()
+    waiter = threading.Thread(target=lambda: (lock.__enter__(), taken.set()), daemon=True)
+    waiter.start()
+    assert not taken.wait(0.3)  # the child holds it
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert taken.wait(5)
+    lock.__exit__(None, None, None)
+
+
+def test_a_drained_listener_refuses_new_connections_and_keeps_the_queued_ones():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = listener.getsockname()
+        queued = [socket.create_connection(address) for _ in range(3)]
+        assert listener_queue(listener) == 3
+        refuse_new_connections(listener)
+        late = socket.socket()
+        late.settimeout(0.3)
+        with pytest.raises(TimeoutError):  # its SYN is dropped: nothing was sent
+            late.connect(address)
+        late.close()
+        accepted = []
+        taker = threading.Thread(
+            target=lambda: accepted.extend(listener.accept() for _ in range(3))
+        )
+        taker.start()
+        assert empty_before_close([listener], within=5) == 0
+        taker.join(5)
+        for client, (conn, _) in zip(queued, accepted, strict=True):  # in order, none reset
+            client.sendall(b"hi")
+            assert conn.recv(2) == b"hi"
+            conn.close()
+            client.close()

@@ -184,3 +184,45 @@ def test_an_output_requested_20000_times_is_a_400_not_a_large_answer(guarded):
     r = guarded.post("/v2/models/mlp/infer", json=body)
     assert r.status_code == 400 and "more than once" in r.json()["error"], r.text[:200]
     assert len(r.content) < 1000
+
+
+def raw_post(path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+HUGE_SHAPE = {
+    "inputs": [{"name": "input", "shape": [2**32, 2**32, 30], "datatype": "FP32", "data": []}]
+}
+ONE_ROW = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0.0] * 30}]}
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "named"),
+    [
+        (b"GET /v2/models/mlp/versions/%C2%B2/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "not a version number"),
+        (raw_post("/v2/models/mlp/versions/" + "9" * 5000 + "/infer", ONE_ROW), "not a version number"),
+        (raw_post("/v2/models/mlp/infer", json.dumps(HUGE_SHAPE).encode()), "integers from 0 to 2147483647"),
+    ],
+    ids=["a Unicode-digit version", "a 5,000-digit version", "a shape of 2**32 x 2**32 x 30"],
+)  # fmt: skip
+def test_malformed_versions_and_shapes_answer_400_naming_the_problem(guarded, request_bytes, named):
+    with connect(guarded) as sock:
+        sock.sendall(request_bytes)
+        status, body = answer(sock)
+    assert status == 400 and named in json.loads(body)["error"], body
+
+
+def test_a_client_leaving_halfway_through_its_body_is_counted_499(guarded):
+    before = guarded.metric("tensorgate_requests_total", model="mlp", code="499")
+    with connect(guarded) as sock:
+        sock.sendall(raw_post("/v1/models/mlp:predict", b"[" * 100_000)[:2000])
+        time.sleep(0.2)  # the server reads what came, then the client leaves
+    deadline = time.monotonic() + 10
+    while guarded.metric("tensorgate_requests_total", model="mlp", code="499") == before:
+        assert time.monotonic() < deadline, "the request left no count"
+        time.sleep(0.1)

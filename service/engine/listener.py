@@ -8,7 +8,8 @@ socket filter that drops every packet reaching the listener: a new client's SYN 
 unanswered, it retries a second later and meets the closed port (refused: nothing was sent).
 Then it waits for the HTTP processes to accept what is queued, and only then closes.
 
-Linux only (SO_ATTACH_FILTER and TCP_INFO's accept queue); elsewhere the drain closes at once.
+Linux only (SO_ATTACH_FILTER and TCP_INFO's accept queue); elsewhere, or where a seccomp
+profile refuses the filter (buildah's container runtime does), the drain closes at once.
 """
 
 import ctypes
@@ -57,10 +58,14 @@ def empty_before_close(sockets: list[socket.socket], within: float) -> int:
     if not sys.platform.startswith("linux"):
         return 0
     deadline = time.monotonic() + within
-    for sock in sockets:
-        refuse_new_connections(sock)
-    while (left := sum(queued(sock) for sock in sockets)) and time.monotonic() < deadline:
-        time.sleep(WAIT_EVERY)
+    try:
+        for sock in sockets:
+            refuse_new_connections(sock)
+        while (left := sum(queued(sock) for sock in sockets)) and time.monotonic() < deadline:
+            time.sleep(WAIT_EVERY)
+    except OSError as e:  # a seccomp profile may refuse the filter (buildah's does)
+        logger.warning("the listener closes at once, resetting any connection still queued: %s", e)
+        return 0
     if left:
         logger.warning("%d connections were still queued at the drain; they are reset", left)
     return left

@@ -44,6 +44,7 @@ class ModelAPI(LitAPI):
         self.label = f"model '{model.name}' version {model.version}"  # for the logs
         self.threads = settings.threads
         self.fixed_shapes = all(-1 not in t.shape[1:] for t in model.manifest.inputs)
+        self.priority_levels = settings.priorities(model.name).levels
         self.warmup_costs: list[tuple[int, float]] = []
 
     async def authorize(self) -> None:

@@ -20,6 +20,7 @@ from artifacts.manifest import ARTIFACTS, ManifestError
 from artifacts.runtimes import Tensors
 
 from . import control
+from .admission import resolve
 from .auth import check_key
 from .engine import Action, Engine, Gone
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
@@ -234,24 +235,32 @@ class DataPlane:
         version in particular whose version was retired before it was admitted (a new version
         took over) runs again on the one serving now. `gone` returns once the client has left,
         so that a request nobody waits for is not computed."""
+        arrived = time.monotonic()  # a deadline counts from here, the body's reading included
         model = self.model(name, credentials)
         async with self._accounted(model, transport) as call:
             self.authorise(credentials)
             call.model = model.served(version)  # a 404 before the body is read
             try:
-                return await self._run(model, call.model, decode, gone)
+                return await self._run(model, call.model, decode, gone, arrived)
             except Retired:
                 if version is not None:
                     raise
                 call.model = model.served(None)
-                return await self._run(model, call.model, decode, gone)
+                return await self._run(model, call.model, decode, gone, arrived)
 
     async def _run(
-        self, model: ModelVersions, served: ServedModel, decode: Decode, gone: Gone | None
+        self,
+        model: ModelVersions,
+        served: ServedModel,
+        decode: Decode,
+        gone: Gone | None,
+        arrived: float,
     ) -> Inference:
         sig = model.signatures[served.version]
         request = await decode(sig)
-        outputs = await self.engine.submit(served.key, request.inputs, gone)
+        cap = self.settings.request_timeout
+        urgency = resolve(request.asked, model.priorities, cap, arrived, model.name)
+        outputs = await self.engine.submit(served.key, request.inputs, gone, urgency)
         for out in outputs:  # non-finite floats: e.g. inputs near the limits of float32
             if out.dtype.kind == "f" and not np.isfinite(out).all():
                 raise BadRequest(

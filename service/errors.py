@@ -134,6 +134,13 @@ class Timeout(ServiceError):
     status, grpc, reason = 504, "DEADLINE_EXCEEDED", "timeout"
 
 
+class DeadlineExceeded(Timeout):
+    """The request's own deadline (its timeout parameter, Request-Timeout header or gRPC
+    deadline) passed while it waited, or could not be met when it arrived: never computed."""
+
+    reason = "deadline"
+
+
 def _all(cls: type[ServiceError]) -> Iterator[type[ServiceError]]:
     for sub in cls.__subclasses__():
         yield sub

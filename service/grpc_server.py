@@ -18,6 +18,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import wraps
 
 import grpc
@@ -25,6 +26,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from .admission import Asked, from_parameters
 from .dataplane import DataPlane, Inference
 from .engine import Action
 from .errors import BadRequest, ServiceError
@@ -155,7 +157,11 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @answers
     async def ModelInfer(self, request, context):
         async def decode(sig: Signature) -> Decoded:
-            return parse(request, sig)
+            decoded = parse(request, sig)
+            left = context.time_remaining()  # the call's own deadline; None: it has none
+            if left is None:
+                return decoded
+            return replace(decoded, asked=decoded.asked.tighter(Asked(left)))
 
         done = await self.plane.infer(
             request.model_name,
@@ -196,7 +202,18 @@ def parse(request: service_pb2.ModelInferRequest, sig: Signature) -> Decoded:
         else:
             raise BadRequest(f"input '{t.name}' is {t.datatype}: send it in raw_input_contents")
     chosen = select_outputs([o.name for o in request.outputs] or None, sig)
-    return Decoded(inputs.done(), request.id, tuple(Requested(i, True) for i in chosen))
+    outputs = tuple(Requested(i, True) for i in chosen)
+    return Decoded(inputs.done(), request.id, outputs, asked(request.parameters))
+
+
+def asked(parameters) -> Asked:
+    """Triton's `timeout` and `priority` request parameters, from their protobuf holders."""
+    plain = {}
+    for name in ("timeout", "priority"):
+        if name in parameters:
+            holder = parameters[name]
+            plain[name] = getattr(holder, holder.WhichOneof("parameter_choice") or "int64_param")
+    return from_parameters(plain)
 
 
 def encode(done: Inference) -> service_pb2.ModelInferResponse:

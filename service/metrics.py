@@ -44,6 +44,14 @@ BATCH_SIZE = Histogram(
     "tensorgate_batch_size", "Instances per batch.", ["model"], buckets=BATCH_BUCKETS
 )
 INSTANCES = Counter("tensorgate_instances", "Instances inferred.", ["model"])
+DISPATCH_REASONS = ("idle", "full", "waited", "deadline")
+BATCH_DISPATCH = Counter(
+    "tensorgate_batch_dispatch",
+    "Batches run, by why they left the queue: idle (the worker was free and ran what was "
+    "queued), full (max batch size), waited (the batching policy waited and the wait ended), "
+    "deadline (the earliest deadline cut the wait short).",
+    ["model", "reason"],
+)
 MODEL_LOAD = Gauge(
     "tensorgate_model_load_seconds",
     "Seconds to load and warm up the model in a worker.",

@@ -18,6 +18,7 @@ import orjson
 from artifacts.manifest import NUMPY, Datatype, fits
 from artifacts.runtimes import Tensors
 
+from .admission import NOTHING_ASKED, Asked, from_parameters
 from .errors import BadRequest
 
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -88,6 +89,7 @@ class Decoded:
     inputs: Tensors  # one array per input, in the signature's order
     id: str | None = None  # echoed in the response (V2, gRPC)
     outputs: tuple[Requested, ...] = ()  # what to answer with, in order (V2, gRPC)
+    asked: Asked = NOTHING_ASKED  # its timeout and priority parameters (V2, gRPC)
 
 
 def _json(body: bytes, what: str) -> dict:
@@ -391,7 +393,8 @@ def parse_v2(body: bytes, header_length: str | None, sig: Signature) -> Decoded:
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
     inputs = _inputs(doc, sig, memoryview(body)[length:])
-    return Decoded(inputs=inputs, id=request_id, outputs=_requested(doc, sig))
+    asked = from_parameters(_parameters(doc, "the request"))
+    return Decoded(inputs=inputs, id=request_id, outputs=_requested(doc, sig), asked=asked)
 
 
 def _dumps(doc: dict) -> bytes:

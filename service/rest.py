@@ -11,6 +11,7 @@ accounting happen in the data plane (dataplane.py).
 import logging
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
+from .admission import NOTHING_ASKED, from_headers
 from .dataplane import DataPlane, Inference, Transport
 from .engine import LitSpec
 from .errors import BadRequest, ClientGone, PayloadTooLarge, ServiceError, UnsupportedMedia
@@ -130,7 +132,11 @@ class ModelRoutes(LitSpec):
             nonlocal body
             if body is None:
                 body = await read_body(request, self.plane.settings.max_body_bytes)
-            return parse(body, sig)
+            decoded = parse(body, sig)
+            asked = from_headers(request.headers)  # Request-Timeout, Inference-Priority
+            if asked == NOTHING_ASKED:
+                return decoded
+            return replace(decoded, asked=decoded.asked.tighter(asked))
 
         return await self.plane.infer(
             self.name, version, transport, request.headers, decode, client_gone(request.receive)

@@ -56,6 +56,7 @@ class ModelVersions:
         self.name: str = highest.name
         self.policy: VersionPolicy = highest.policy
         self.settings, self.engine = settings, engine
+        self.priorities = settings.priorities(self.name)
         self.known = {m.version: m for m in served}  # every version read, served or not
         self.signatures = {m.version: signature(m, settings.max_instances) for m in served}
         self.at_start = highest  # its LitAPI carries the model's routes; OpenAPI shows it

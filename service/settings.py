@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDic
 
 from artifacts.manifest import DEFAULT_REPOSITORY, Backend
 
+from .admission import MAX_PRIORITY_LEVELS, Priorities
 from .host import usable_cores
 
 # LitServe binds only these (LitServer.run refuses any other host).
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TENSORGATE_", extra="forbid")
     _pinned: dict[str, int | None] | None = PrivateAttr(None)
     _policies: dict[str, "VersionPolicy"] = PrivateAttr(default_factory=dict)
+    _priorities: dict[str | None, Priorities] = PrivateAttr(default_factory=dict)
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
     port: int = Field(
@@ -140,7 +142,15 @@ class Settings(BaseSettings):
         256,
         ge=1,
         description="requests queued or running per served model version, across all HTTP "
-        "server processes; more answer 503 with Retry-After",
+        "server processes; more answer 503 with Retry-After (with priority levels, the "
+        "less urgent ones are refused first)",
+    )
+    priority_levels: str | None = Field(
+        None,
+        description="as Triton's priority_levels and default_priority_level, comma-separated "
+        "LEVELS[:DEFAULT] for every model or MODEL:LEVELS[:DEFAULT]; 1 is the most urgent, "
+        f"at most {MAX_PRIORITY_LEVELS} levels, the default level is the lowest unless "
+        "given; unset: one level (priorities off)",
     )
     drain_timeout: float = Field(
         30.0,
@@ -191,6 +201,7 @@ class Settings(BaseSettings):
         values are `pinned` and `policies`."""
         self._pinned = _pinned(self.models)
         self._policies = _policies(self.version_policy, self._pinned or {})
+        self._priorities = _priorities(self.priority_levels)
         return self
 
     @property
@@ -206,6 +217,10 @@ class Settings(BaseSettings):
 
     def policy(self, model: str) -> "VersionPolicy":
         return self._policies.get(model, VersionPolicy("latest"))
+
+    def priorities(self, model: str) -> Priorities:
+        """The model's priority levels (TENSORGATE_PRIORITY_LEVELS)."""
+        return self._priorities.get(model) or self._priorities.get(None) or Priorities()
 
 
 def _pinned(models: str | None) -> dict[str, int | None] | None:
@@ -233,6 +248,26 @@ def _policies(version_policy: str | None, pinned: dict[str, int | None]) -> dict
             )
         if pin is not None:
             found[name] = VersionPolicy("specific", (pin,))
+    return found
+
+
+def _priorities(setting: str | None) -> dict[str | None, Priorities]:
+    """{model (None: every other model): its levels}."""
+    found: dict[str | None, Priorities] = {}
+    expected = (
+        "LEVELS[:DEFAULT] or MODEL:LEVELS[:DEFAULT], with 1 <= DEFAULT <= LEVELS <= "
+        f"{MAX_PRIORITY_LEVELS}"
+    )
+    for item in filter(None, (part.strip() for part in (setting or "").split(","))):
+        parts = item.split(":")
+        name = None if parts[0].isdigit() else parts.pop(0)
+        if not (1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+            raise ValueError(f"TENSORGATE_PRIORITY_LEVELS entry {item!r}: expected {expected}")
+        levels = int(parts[0])
+        default = int(parts[1]) if len(parts) == 2 else levels
+        if not 1 <= default <= levels <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"TENSORGATE_PRIORITY_LEVELS entry {item!r}: expected {expected}")
+        found[name] = Priorities(levels, default)
     return found
 
 
@@ -279,6 +314,7 @@ METAVARS = {
     "repository": "DIR",
     "models": "NAMES",
     "version_policy": "POLICIES",
+    "priority_levels": "LEVELS",
     "api_key": "KEY",
 }
 TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is in seconds

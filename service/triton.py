@@ -6,6 +6,7 @@ call)."""
 
 from artifacts.manifest import ARTIFACTS, TensorSpec, versions
 
+from .admission import Priorities
 from .engine import Slot, State
 from .repository import ServedModel, model_folders
 from .served import ModelVersions
@@ -18,6 +19,16 @@ def _tensor(spec: TensorSpec) -> dict:
         "data_type": f"TYPE_{spec.datatype}",  # Triton's config enum: TYPE_FP32, TYPE_INT64...
         "format": "FORMAT_NONE",
         "dims": spec.shape[1:],  # the batch axis is implied by max_batch_size > 0
+    }
+
+
+def _priorities(priorities: Priorities) -> dict:
+    """As Triton writes them: nothing when priorities are off."""
+    if priorities.levels == 1:
+        return {}
+    return {
+        "priority_levels": priorities.levels,
+        "default_priority_level": priorities.default,
     }
 
 
@@ -34,6 +45,7 @@ def model_config(model: ServedModel, settings: Settings, device: str) -> dict:
         "dynamic_batching": {
             "max_queue_delay_microseconds": round(model.batch_timeout * 1e6),
             "preserve_ordering": False,
+            **_priorities(settings.priorities(model.name)),
         },
         "instance_group": [
             {

@@ -48,7 +48,7 @@ class Doubler:
     max_batch_size = 8
     batch_timeout = 0.0
     fixed_shapes = True
-    request_timeout = 5.0
+    priority_levels = 1
     warmup_costs: tuple = ()
 
     def __init__(self, version: int, slot: int) -> None:

@@ -195,8 +195,9 @@ def test_readiness_says_why_a_model_is_not_ready(plane):
 
 
 def test_requests_in_flight_count_every_version_with_workers(plane):
-    plane.engine.counts[plane.slot(1)] = 3  # three admitted requests, not answered yet
-    plane.engine.counts[plane.slot(2)] = 2
+    cell = plane.engine._cell  # (slot, priority level, HTTP process) -> its count's index
+    plane.engine.counts[cell(plane.slot(1), 1, 0)] = 3  # three admitted, not answered yet
+    plane.engine.counts[cell(plane.slot(2), 2, 0)] = 2
     assert plane.plane.in_flight(MODEL) == 5
     plane.table.set_state(plane.slot(1), State.RETIRING)  # still answering what it admitted
     assert plane.plane.in_flight(MODEL) == 5

@@ -5,6 +5,7 @@ reaches into LitServe, the locks a killed process releases, and the listener at 
 import ast
 import asyncio
 import inspect
+import math
 import multiprocessing as mp
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.admission import Cost, Urgency
 from service.engine.batching import ArrivalRate, BatchCost, BatchingPolicy
 from service.engine.client import Engine
 from service.engine.listener import empty_before_close, refuse_new_connections
@@ -29,8 +31,9 @@ from service.engine.stats import Stats
 from service.engine.table import Action, State, VersionTable
 from service.engine.wire import Answer, Cancel, FrameReader, Infer, frame, pack, unpack
 from service.engine.worker import SpareCores, Worker
-from service.errors import Retired
+from service.errors import DeadlineExceeded, Overloaded, Retired
 from service.host import usable_cores
+from service.metrics import BATCH_DISPATCH
 
 # -- the version table ---------------------------------------------------------------------
 
@@ -72,8 +75,8 @@ def test_a_version_retired_while_a_request_is_admitted_refuses_it_and_releases_i
     engine = Engine(table, max_queue=8, request_timeout=5, drain_timeout=5)
     admit = engine._admit
 
-    def admit_then_retire(key: str, index: int) -> None:
-        admit(key, index)
+    def admit_then_retire(*args) -> None:
+        admit(*args)
         table.set_state(slot, State.RETIRING)  # what EngineServer.retire does
 
     engine._admit = admit_then_retire
@@ -82,6 +85,47 @@ def test_a_version_retired_while_a_request_is_admitted_refuses_it_and_releases_i
     assert engine.in_flight("mlp:1") == 0 and engine.answered() == 1
     with pytest.raises(Retired, match="is not serving"):  # and every request after it
         asyncio.run(engine.submit("mlp:1", (np.zeros((1, 3), np.float32),)))
+
+
+def test_the_queue_bound_refuses_the_least_urgent_level_first():
+    """Two levels and TENSORGATE_MAX_QUEUE 4: level 2 may fill the queue to 2, level 1 to 4."""
+    table = VersionTable(["mlp"])
+    slot = table.claim("mlp", 1)
+    engine = Engine(table, max_queue=4, request_timeout=5, drain_timeout=5)
+    one = (np.zeros((1, 3), np.float32),)
+    later = time.monotonic() + 5
+    low, urgent = Urgency(5, later, 2, 2, False), Urgency(5, later, 1, 2, False)
+    engine._admit("mlp:1", slot, one, low)
+    engine._admit("mlp:1", slot, one, low)
+    with pytest.raises(Overloaded, match="the limit for priority 2 of 2 \\(2 of"):
+        engine._admit("mlp:1", slot, one, low)
+    engine._admit("mlp:1", slot, one, urgent)
+    engine._admit("mlp:1", slot, one, urgent)
+    with pytest.raises(Overloaded, match="priority 1 of 2 \\(4 of"):
+        engine._admit("mlp:1", slot, one, urgent)
+    engine._release(slot, 2)
+    assert engine._admitted(slot, 1) == 2 and engine._admitted(slot, 2) == 3
+
+
+def test_a_deadline_the_work_ahead_cannot_meet_is_refused_at_admission():
+    """A batch costs 10 ms + 1 ms per instance, 4 instances at most: with 8 requests ahead a
+    request waits for two batches and its own, 3 * 10 + (8 + 1) * 1 = 39 ms."""
+    table = VersionTable(["mlp"])
+    slot = table.claim("mlp", 1)
+    engine = Engine(table, max_queue=64, request_timeout=5, drain_timeout=5)
+    engine.stats.set_cost(slot, 0, Cost(0.010, 0.001, 4))
+    one = (np.zeros((1, 3), np.float32),)
+
+    def within(seconds: float, own: bool = True) -> Urgency:
+        return Urgency(seconds, time.monotonic() + seconds, 1, 1, own)
+
+    for _ in range(8):
+        engine._admit("mlp:1", slot, one, within(5, own=False))
+    engine._admit("mlp:1", slot, one, within(0.041))  # 39 ms: in time
+    engine._release(slot, 1)
+    with pytest.raises(DeadlineExceeded, match=r"8 requests are ahead .*\(about 39 ms\)"):
+        engine._admit("mlp:1", slot, one, within(0.038))
+    engine._admit("mlp:1", slot, one, within(0.038, own=False))  # the server's cap: queued
 
 
 # -- wire ----------------------------------------------------------------------------------
@@ -180,7 +224,7 @@ class Doubler:
     max_batch_size = 8
     batch_timeout = 0.0
     fixed_shapes = False  # as if its input had a dynamic axis past the batch one
-    request_timeout = 5.0
+    priority_levels = 2
     warmup_costs: tuple = ()
 
     def __init__(self) -> None:
@@ -236,8 +280,14 @@ def worker():
     yield addr, api, started
 
 
-def request(uid: int, enqueued_at: float, *inputs: np.ndarray) -> Infer:
-    return Infer(uid, enqueued_at, pack(inputs))
+def request(
+    uid: int, enqueued_at: float, *inputs: np.ndarray, deadline: float = math.inf, level: int = 1
+) -> Infer:
+    return Infer(uid, enqueued_at, pack(inputs), deadline, level)
+
+
+def _dispatched(reason: str) -> float:
+    return BATCH_DISPATCH.labels("doubler", reason)._value.get()
 
 
 def x(rows: int, value: float = 1.0) -> np.ndarray:
@@ -282,18 +332,52 @@ def test_what_is_queued_when_the_worker_is_free_runs_as_one_batch(worker):
     assert entry["last_inference"] > 0
 
 
-def test_a_cancelled_request_is_not_computed_and_a_late_one_answers_504(worker):
+def test_a_cancelled_request_is_not_computed_and_an_expired_one_answers_504(worker):
     addr, api, started = worker
     peer = Peer(addr)
     now = time.monotonic()
-    peer.send(request(0, now, x(1)), request(1, now, x(1)), Cancel(0), request(2, now - 60, x(1)))
+    expired = request(2, now, x(1), deadline=now + 0.1)  # passes while the worker is busy
+    peer.send(request(0, now, x(1)), request(1, now, x(1)), Cancel(0), expired)
     time.sleep(0.2)
     started.set()
     answers = peer.answers(2)
     assert set(answers) == {1, 2}
-    assert answers[2].failure.reason == "timeout"
-    assert "TENSORGATE_REQUEST_TIMEOUT" in answers[2].failure.message
-    assert api.batches == [1]  # request 1 alone: 0 was cancelled, 2 too old
+    assert answers[2].failure.reason == "deadline"
+    assert "not computed" in answers[2].failure.message
+    assert api.batches == [1]  # request 1 alone: 0 was cancelled, 2 expired
+
+
+def test_batches_take_the_most_urgent_level_first_and_arrival_order_within_it(worker):
+    addr, api, started = worker
+    peer = Peer(addr)
+    now = time.monotonic()
+    low = [request(i, now, x(4, i), level=2) for i in range(3)]  # 12 instances of level 2
+    urgent = [request(10 + i, now, x(4, 10 + i), level=1) for i in range(2)]  # 8 of level 1
+    peer.send(*low, *urgent)
+    time.sleep(0.2)
+    started.set()
+    order: list[list[int]] = []  # the uids of each batch's answers
+    while sum(map(len, order)) < 5:
+        for batch in peer.reader.feed(peer.sock.recv(1 << 20)):
+            order.append([a.uid for a in batch])
+    assert order[0] == [10, 11]  # the urgent ones fill the first batch of 8
+    assert [uid for batch in order[1:] for uid in batch] == [0, 1, 2]
+    assert api.batches == [8, 8, 4]
+
+
+def test_dispatch_reasons_count_why_each_batch_left_the_queue(worker):
+    """A worker free when requests are queued runs them at once (idle); a batch that
+    reaches max_batch_size is full."""
+    addr, _, started = worker
+    peer = Peer(addr)
+    before = {r: _dispatched(r) for r in ("idle", "full")}
+    now = time.monotonic()
+    peer.send(request(0, now, x(8)), request(1, now, x(3)))
+    time.sleep(0.2)
+    started.set()
+    peer.answers(2)
+    assert _dispatched("full") - before["full"] == 1
+    assert _dispatched("idle") - before["idle"] == 1
 
 
 def test_a_failing_batch_fails_only_its_own_requests(worker):
@@ -346,7 +430,7 @@ def test_a_spinning_worker_sees_a_request_without_sleeping_and_gives_up_in_time(
     peer.send(request(7, time.monotonic(), x(1, 4)))
     w.spin()  # connects and reads within the spin
     assert [q.request.uid for q in w.queue] == [7]
-    w.run(w.take())
+    w.run(*w.take())
     np.testing.assert_array_equal(peer.answers(1)[7].outputs[0], x(1, 8))
 
 

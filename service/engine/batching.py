@@ -70,12 +70,30 @@ class ArrivalRate:
         return later / span if span > 0 else 0.0
 
 
+class RequestSize:
+    """Instances per request, averaged over recent batches (for the admission's estimate of
+    the work queued ahead, which is counted in requests)."""
+
+    def __init__(self, decay: float = 0.97) -> None:
+        self.decay = decay
+        self.instances = self.requests = 0.0
+
+    def add(self, instances: int, requests: int) -> None:
+        self.instances = self.decay * self.instances + instances
+        self.requests = self.decay * self.requests + requests
+
+    @property
+    def mean(self) -> float:
+        return self.instances / self.requests if self.requests else 1.0
+
+
 class BatchingPolicy:
     def __init__(self, max_batch_size: int, batch_timeout: float) -> None:
         self.max_batch_size = max_batch_size
         self.batch_timeout = batch_timeout  # the most a batch ever waits to fill
         self.cost = BatchCost()
         self.arrivals = ArrivalRate()
+        self.sizes = RequestSize()
 
     def wait(self, queued: int, now: float) -> float:
         """Seconds to wait for more instances before running the `queued` ones (0: run now)."""

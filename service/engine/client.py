@@ -27,8 +27,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+from ..admission import (
+    MAX_PRIORITY_LEVELS,
+    Urgency,
+    estimated_seconds,
+    queue_share,
+    unwaited,
+)
 from ..errors import (
     ClientGone,
+    DeadlineExceeded,
     Overloaded,
     Retired,
     ShuttingDown,
@@ -86,11 +94,12 @@ class Link(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def send(self, inputs: Tensors) -> tuple[int, asyncio.Future]:
+    def send(self, inputs: Tensors, deadline: float, level: int) -> tuple[int, asyncio.Future]:
         uid = next(self.uids)
         future = asyncio.get_running_loop().create_future()
         self.pending[uid] = future
-        self.transport.write(frame(Infer(uid, time.monotonic(), pack(inputs))))  # never blocks
+        message = Infer(uid, time.monotonic(), pack(inputs), deadline, level)
+        self.transport.write(frame(message))  # never blocks
         return uid, future
 
     def cancel(self, uid: int) -> None:
@@ -194,9 +203,10 @@ class Engine:
         self.http_processes = http_processes
         self.http_index = 0  # this HTTP process's row of `counts` (EngineServer sets it)
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
-        # a row per HTTP process of requests in flight per table slot, so that what a dead
-        # one admitted can be let go; then the requests answered in total
-        self.counts = ctx.RawArray("q", http_processes * table.capacity + 1)
+        # a row per HTTP process of requests in flight per table slot and priority level, so
+        # that what a dead one admitted can be let go; then the requests answered in total
+        self.row = table.capacity * MAX_PRIORITY_LEVELS  # one HTTP process's cells
+        self.counts = ctx.RawArray("q", http_processes * self.row + 1)
         self.counts_lock = ProcessLock()  # one lock: a synchronized Array retakes it per item
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(table.capacity)  # Triton's inference statistics
@@ -236,7 +246,7 @@ class Engine:
         if key is None:
             return sum(self.counts[:-1])
         slot = self.slot(key)
-        return 0 if slot is None else self._admitted(slot.index)
+        return 0 if slot is None else self._admitted(slot.index, MAX_PRIORITY_LEVELS)
 
     def answered(self) -> int:
         return self.counts[-1]
@@ -244,14 +254,22 @@ class Engine:
     def forget_http_process(self, index: int) -> int:
         """Let go of what a dead HTTP process had admitted (its clients saw the connection
         close); returns how many requests that was."""
-        row = index * self.table.capacity
+        row = index * self.row
         with self.counts_lock:
-            lost = sum(self.counts[row : row + self.table.capacity])
-            self.counts[row : row + self.table.capacity] = [0] * self.table.capacity
+            lost = sum(self.counts[row : row + self.row])
+            self.counts[row : row + self.row] = [0] * self.row
         return lost
 
-    def _admitted(self, index: int) -> int:
-        return sum(self.counts[index :: self.table.capacity][: self.http_processes])
+    def _cell(self, index: int, level: int, http_index: int) -> int:
+        return http_index * self.row + index * MAX_PRIORITY_LEVELS + level - 1
+
+    def _admitted(self, index: int, levels: int) -> int:
+        """Requests admitted to the slot at levels 1..levels, by every HTTP process."""
+        total = 0
+        for http_index in range(self.http_processes):
+            first = self._cell(index, 1, http_index)
+            total += sum(self.counts[first : first + levels])
+        return total
 
     def record(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request's outcome, for Triton's statistics."""
@@ -259,19 +277,48 @@ class Engine:
         if slot is not None:
             self.stats.request(slot.index, outcome, seconds)
 
-    def _admit(self, key: str, index: int) -> None:
+    def _admit(self, key: str, index: int, inputs: Tensors, urgency: Urgency) -> None:
+        """Count the request in, or refuse it: the queue bound of its level (admission.py),
+        and when it has a deadline of its own, the work ahead of it."""
         with self.counts_lock:
-            admitted = self._admitted(index)
-            if admitted >= self.max_queue:
-                raise Overloaded(
-                    f"model version '{key}' has {admitted} requests queued or running, its "
-                    "limit (TENSORGATE_MAX_QUEUE, across all HTTP processes); retry shortly"
-                )
-            self.counts[self.http_index * self.table.capacity + index] += 1
+            admitted = self._admitted(index, MAX_PRIORITY_LEVELS)
+            bound = queue_share(self.max_queue, urgency.level, urgency.levels)
+            if admitted >= bound:
+                raise Overloaded(self._full(key, admitted, bound, urgency))
+            if urgency.own_deadline:
+                self._check_deadline(key, index, inputs, urgency)
+            self.counts[self._cell(index, urgency.level, self.http_index)] += 1
 
-    def _release(self, index: int) -> None:
+    @staticmethod
+    def _full(key: str, admitted: int, bound: int, urgency: Urgency) -> str:
+        if urgency.levels == 1:
+            return (
+                f"model version '{key}' has {admitted} requests queued or running, its limit "
+                "(TENSORGATE_MAX_QUEUE, across all HTTP processes); retry shortly"
+            )
+        return (
+            f"model version '{key}' has {admitted} requests queued or running, the limit for "
+            f"priority {urgency.level} of {urgency.levels} ({bound} of TENSORGATE_MAX_QUEUE "
+            "across all HTTP processes; less urgent levels are refused first); retry shortly"
+        )
+
+    def _check_deadline(self, key: str, index: int, inputs: Tensors, urgency: Urgency) -> None:
+        cost = self.stats.cost(index, self.workers)
+        if cost is None:
+            return
+        ahead = self._admitted(index, urgency.level)
+        estimate = estimated_seconds(ahead, len(inputs[0]), cost, self.workers)
+        if estimate > urgency.deadline - time.monotonic():
+            raise DeadlineExceeded(
+                f"model version '{key}' cannot answer within the request's timeout of "
+                f"{urgency.timeout * 1e3:.3g} ms: {ahead} requests are ahead of it and a batch "
+                f"costs {cost.fixed * 1e3:.3g} ms + {cost.per_instance * 1e3:.3g} ms per "
+                f"instance (about {estimate * 1e3:.3g} ms); it was not queued"
+            )
+
+    def _release(self, index: int, level: int) -> None:
         with self.counts_lock:
-            self.counts[self.http_index * self.table.capacity + index] -= 1
+            self.counts[self._cell(index, level, self.http_index)] -= 1
             self.counts[-1] += 1
 
     # -- this HTTP process's connections -------------------------------------------------
@@ -306,19 +353,23 @@ class Engine:
             return False
         return await self._links(key).ready()
 
-    async def submit(self, key: str, inputs: Tensors, gone: Gone | None = None) -> Tensors:
+    async def submit(
+        self, key: str, inputs: Tensors, gone: Gone | None = None, urgency: Urgency | None = None
+    ) -> Tensors:
         """The model version's outputs for `inputs` (each batch first), batched with other
-        requests.
+        requests, under the request's deadline and priority (None: the server's timeout, one
+        level).
 
-        Raises ShuttingDown, Overloaded, Unavailable, Retired, Timeout or ClientGone (all
-        4xx/5xx ServiceErrors), or the worker's own error for this request.
+        Raises ShuttingDown, Overloaded, Unavailable, Retired, Timeout, DeadlineExceeded or
+        ClientGone (all 4xx/5xx ServiceErrors), or the worker's own error for this request.
         """
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         slot = self.slot(key)
         if slot is None or slot.state != State.SERVING:
             raise Retired(f"model version '{key}' is not serving")
-        self._admit(key, slot.index)
+        urgency = urgency or unwaited(self.request_timeout)
+        self._admit(key, slot.index, inputs, urgency)
         try:
             # Read again after admitting: the main process retires a version by setting
             # RETIRING and then waiting for its admitted requests, so a request admitted
@@ -326,13 +377,30 @@ class Engine:
             if self.table.read(slot.index) != slot:
                 raise Retired(f"model version '{key}' stopped serving")
             link = await self._links(key).pick()
-            uid, future = link.send(inputs)
-            return await self._wait(key, link, uid, future, gone)
+            uid, future = link.send(inputs, urgency.deadline, urgency.level)
+            return await self._wait(key, link, uid, future, gone, urgency)
         finally:
-            self._release(slot.index)
+            self._release(slot.index, urgency.level)
+
+    def _late(self, model: str, urgency: Urgency) -> Timeout:
+        if urgency.own_deadline:
+            return DeadlineExceeded(
+                f"model '{model}' did not answer within the request's timeout of "
+                f"{urgency.timeout * 1e3:.3g} ms; it was not computed unless it had started"
+            )
+        return Timeout(
+            f"model '{model}' did not answer within {self.request_timeout:g} s "
+            "(TENSORGATE_REQUEST_TIMEOUT)"
+        )
 
     async def _wait(
-        self, model: str, link: Link, uid: int, future: asyncio.Future, gone: Gone | None
+        self,
+        model: str,
+        link: Link,
+        uid: int,
+        future: asyncio.Future,
+        gone: Gone | None,
+        urgency: Urgency,
     ) -> Tensors:
         loop = asyncio.get_running_loop()
         watch: asyncio.Future | None = None
@@ -340,12 +408,7 @@ class Engine:
         def expire() -> None:
             if not future.done():
                 link.cancel(uid)
-                future.set_exception(
-                    Timeout(
-                        f"model '{model}' did not answer within {self.request_timeout:g} s "
-                        "(TENSORGATE_REQUEST_TIMEOUT)"
-                    )
-                )
+                future.set_exception(self._late(model, urgency))
 
         def disconnected(watch: asyncio.Future) -> None:
             if watch.cancelled() or future.done() or watch.exception() is not None:
@@ -355,14 +418,20 @@ class Engine:
 
         def start_watching() -> None:
             nonlocal watch, timer
-            timer = loop.call_later(self.request_timeout - WATCH_AFTER, expire)
+            if time.monotonic() >= urgency.deadline:
+                expire()
+                return
+            # uvloop's clock is libuv's (milliseconds, read once per turn): a delay, not call_at
+            timer = loop.call_later(urgency.deadline - time.monotonic(), expire)
             if gone is not None:
                 watch = asyncio.ensure_future(gone())
                 watch.add_done_callback(disconnected)
 
         # One timer per request: most are answered before it fires, and need no task
         # watching for their client leaving (a disconnect before then is seen when it fires).
-        timer = loop.call_later(min(WATCH_AFTER, self.request_timeout), start_watching)
+        timer = loop.call_later(
+            min(WATCH_AFTER, urgency.deadline - time.monotonic()), start_watching
+        )
         try:
             return await future
         finally:

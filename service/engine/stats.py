@@ -13,6 +13,7 @@ import multiprocessing as mp
 import time
 from typing import Literal
 
+from ..admission import Cost
 from .locks import ProcessLock
 
 MAX_WORKERS = 64  # inference workers per model version that can count (each has its own cells)
@@ -39,7 +40,15 @@ class BatchCells(ctypes.Structure):
         ("inference_count", ctypes.c_uint64),
         ("execution_count", ctypes.c_uint64),
         ("last_inference_ms", ctypes.c_uint64),
+        # the worker's batch cost fit (batching.BatchCost) and largest batch, for admission
+        ("fixed_s", ctypes.c_double),
+        ("per_instance_s", ctypes.c_double),
+        ("max_batch_size", ctypes.c_uint64),
+        ("instances_per_request", ctypes.c_double),
     ]
+
+
+COUNTED = ("queue_count", "queue_ns", "compute_ns", "inference_count", "execution_count")
 
 
 def _fields(cells: type[ctypes.Structure]) -> list[str]:
@@ -89,13 +98,33 @@ class Stats:
         cells.execution_count += 1
         cells.last_inference_ms = int(time.time() * 1000)
 
+    def set_cost(self, slot: int, worker_id: int, cost: Cost) -> None:
+        cells = self.batches[slot * MAX_WORKERS + worker_id]
+        cells.fixed_s, cells.per_instance_s = cost.fixed, cost.per_instance
+        cells.max_batch_size = cost.max_batch_size
+        cells.instances_per_request = cost.instances_per_request
+
+    def cost(self, slot: int, workers: int) -> Cost | None:
+        """The version's batch cost, its workers' mean; None before any worker has one."""
+        cells = self.batches[slot * MAX_WORKERS : slot * MAX_WORKERS + workers]
+        known = [c for c in cells if c.max_batch_size]
+        if not known:
+            return None
+        n = len(known)
+        return Cost(
+            sum(c.fixed_s for c in known) / n,
+            sum(c.per_instance_s for c in known) / n,
+            known[0].max_batch_size,
+            sum(c.instances_per_request for c in known) / n,
+        )
+
     def read(self, slot: int) -> dict[str, int]:
         """Every field, the workers' added up (the latest inference: their latest)."""
         with self.requests_lock:
             cells = self.requests[slot]
             totals = {name: getattr(cells, name) for name in _fields(RequestCells)}
         workers = self.batches[slot * MAX_WORKERS : (slot + 1) * MAX_WORKERS]
-        for name in _fields(BatchCells):
+        for name in (*COUNTED, "last_inference_ms"):
             column = [getattr(cells, name) for cells in workers]
             totals[name] = max(column) if name == "last_inference_ms" else sum(column)
         return totals

@@ -8,6 +8,7 @@ travel packed as (dtype, shape, bytes): pickling an ndarray goes through numpy's
 reduce, several times slower for a small array than its packed form.
 """
 
+import math
 import pickle
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ class Infer(NamedTuple):
     uid: int  # unique on its connection
     enqueued_at: float  # time.monotonic() in the HTTP process (one clock per machine)
     inputs: Packed  # pack() of one array per model input, in the manifest's order
+    deadline: float = math.inf  # time.monotonic() after which nobody waits for the answer
+    priority: int = 1  # its level: 1 is the most urgent (admission.py)
 
     @property
     def instances(self) -> int:

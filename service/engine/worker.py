@@ -5,11 +5,13 @@ there the loop serves every HTTP process that connects to the worker's socket. I
 requests that have arrived, lets the batching policy (batching.py) decide whether to wait for
 more, runs one batch of at most max_batch_size instances (a larger request runs alone, split
 into max-size device calls by the LitAPI's `predict`), and answers each HTTP process with one
-message per batch. A failing batch fails only its own requests; a request older than the
-request timeout answers 504 uncomputed; a request whose client has gone (Cancel) is skipped.
+message per batch. Batches take the most urgent priority level first. A failing batch fails
+only its own requests; a request whose deadline would pass before a batch of its own could
+finish answers 504 uncomputed; a request whose client has gone (Cancel) is skipped.
 """
 
 import gc
+import itertools
 import logging
 import os
 import selectors
@@ -17,13 +19,14 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import InferenceFailed, ServiceError, Timeout
+from ..admission import Cost
+from ..errors import DeadlineExceeded, InferenceFailed, ServiceError
 from ..host import usable_cores
-from ..metrics import QUEUE_DURATION, REJECTIONS
+from ..metrics import BATCH_DISPATCH, DISPATCH_REASONS, QUEUE_DURATION, REJECTIONS
 from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
 from .lit import EngineLoop
@@ -33,6 +36,14 @@ from .wire import Answer, Cancel, Failure, FrameReader, Infer, Tensors, address,
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
+EXPIRED = Failure(
+    DeadlineExceeded.reason,
+    "the request's deadline would have passed before its batch finished; it was not computed",
+)
+# A request runs only if a batch of its own would finish this much before its deadline: the
+# fit's mean cost with a margin for slower batches, and the answer's trip to its HTTP process
+# (whose timer, run before its socket is read, would otherwise answer 504 first).
+SAFETY, TRIP = 1.25, 0.001
 POLLS_PER_LOOK = 8  # socket polls (0.6 us each) between looks at the cores (2.4 us) in a spin
 
 
@@ -46,7 +57,7 @@ class Batcher(Protocol):
     max_batch_size: int
     batch_timeout: float
     fixed_shapes: bool  # no dynamic axis past the batch one: any requests can be stacked
-    request_timeout: float | None
+    priority_levels: int  # queues to keep; a request's level picks one (1 is taken first)
     warmup_costs: list[tuple[int, float]]  # (instances, seconds) of the warm-up batches
 
     def batch(self, inputs: list[Tensors]) -> Tensors: ...
@@ -69,6 +80,33 @@ class Queued:
 
     def __init__(self, peer: Peer, request: Infer) -> None:
         self.peer, self.request = peer, request
+
+
+class Queue:
+    """The requests waiting, a first-in-first-out queue per priority level; batches take from
+    the most urgent level (1) first."""
+
+    def __init__(self, levels: int) -> None:
+        self.levels: list[deque[Queued]] = [deque() for _ in range(levels)]
+
+    def __bool__(self) -> bool:
+        return any(self.levels)
+
+    def __iter__(self) -> Iterator[Queued]:
+        """In the order batches take them."""
+        return itertools.chain.from_iterable(self.levels)
+
+    def append(self, q: Queued) -> None:
+        self.levels[min(max(q.request.priority, 1), len(self.levels)) - 1].append(q)
+
+    def first(self) -> Queued:
+        return next(level for level in self.levels if level)[0]
+
+    def popleft(self) -> Queued:
+        return next(level for level in self.levels if level).popleft()
+
+    def drop(self, peer: Peer) -> None:
+        self.levels = [deque(q for q in level if q.peer is not peer) for level in self.levels]
 
 
 class WorkerLoop(EngineLoop):
@@ -127,7 +165,7 @@ class Worker:
         self.policy = BatchingPolicy(api.max_batch_size, api.batch_timeout)
         for instances, seconds in api.warmup_costs:
             self.policy.cost.add(instances, seconds)
-        self.queue: deque[Queued] = deque()
+        self.queue = Queue(api.priority_levels)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(addr)
         self.listener.listen(128)
@@ -135,12 +173,14 @@ class Worker:
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.queue_seconds = QUEUE_DURATION.labels(api.model_name)
         self.cancelled = REJECTIONS.labels(api.model_name, "cancelled")
+        self.dispatched = {r: BATCH_DISPATCH.labels(api.model_name, r) for r in DISPATCH_REASONS}
+        self.publish_cost()
 
     def serve(self) -> None:
         while True:
-            batch = self.next_batch()
-            if batch:
-                self.run(batch)
+            batch, expired = self.next_batch()
+            if batch or expired:
+                self.run(batch, expired)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -173,7 +213,7 @@ class Worker:
         self.selector.unregister(peer.sock)
         peer.sock.close()
         peer.closed = True
-        self.queue = deque(q for q in self.queue if q.peer is not peer)
+        self.queue.drop(peer)
 
     # -- batching ------------------------------------------------------------------------
 
@@ -202,26 +242,47 @@ class Worker:
             if time.monotonic() > until:
                 return
 
-    def next_batch(self) -> list[Queued]:
+    def next_batch(self) -> tuple[list[Queued], list[Queued]]:
+        """The next batch to run, and the requests found expired meanwhile."""
         if not self.queue and self.spin_seconds > 0:
             self.spin()
         while not self.queue:
             self.poll(None)
         self.poll(0)  # everything that has already arrived
-        queued = self.queued_instances()
-        deadline = time.monotonic() + self.policy.wait(queued, time.monotonic())
-        while queued < self.api.max_batch_size and (left := deadline - time.monotonic()) > 0:
+        queued, now = self.queued_instances(), time.monotonic()
+        wait, reason = self.policy.wait(queued, now), "waited"
+        if wait > 0:
+            slack = self.slack(queued, now)
+            if slack < wait:  # the earliest deadline would pass: run what is queued sooner
+                wait, reason = max(0.0, slack), "deadline"
+        until = now + wait
+        while queued < self.api.max_batch_size and (left := until - time.monotonic()) > 0:
             self.poll(left)
             queued = self.queued_instances()
+        if queued >= self.api.max_batch_size:
+            reason = "full"
+        elif wait == 0 and reason != "deadline":
+            reason = "idle"
+        self.dispatched[reason].inc()
         return self.take()
 
-    def take(self) -> list[Queued]:
-        """Requests in arrival order up to max_batch_size instances (at least one request),
-        as long as their inputs' shapes past the batch axis agree (a model with a dynamic
-        axis besides the batch one may get requests that cannot be stacked)."""
-        batch, count, shapes = [], 0, None
+    def slack(self, queued: int, now: float) -> float:
+        """Seconds the queued requests can wait and still be answered by the earliest
+        deadline among them, given the cost of running them."""
+        cost = self.policy.cost
+        earliest = min(q.request.deadline for q in self.queue)
+        return earliest - now - (cost.fixed + cost.per_instance * queued)
+
+    def take(self) -> tuple[list[Queued], list[Queued]]:
+        """Requests, most urgent level first and in arrival order within one, up to
+        max_batch_size instances (at least one request), as long as their inputs' shapes past
+        the batch axis agree (a model with a dynamic axis besides the batch one may get
+        requests that cannot be stacked). A request whose deadline would pass before a batch
+        of its own could finish is not run: it is returned as expired."""
+        batch, expired, count, shapes = [], [], 0, None
+        now, cost = time.monotonic(), self.policy.cost
         while self.queue:
-            q = self.queue[0]
+            q = self.queue.first()
             size = q.request.instances
             if batch and count + size > self.api.max_batch_size:
                 break
@@ -233,37 +294,37 @@ class Worker:
             if q.request.uid in q.peer.cancelled:
                 q.peer.cancelled.discard(q.request.uid)
                 self.cancelled.inc()
-                continue
-            batch.append(q)
-            count += size
-        return batch
+            elif q.request.deadline < now + SAFETY * (cost.fixed + cost.per_instance * size) + TRIP:
+                expired.append(q)
+            else:
+                batch.append(q)
+                count += size
+        return batch, expired
 
     # -- running and answering -----------------------------------------------------------
 
-    def run(self, batch: list[Queued]) -> None:
+    def run(self, batch: list[Queued], expired: list[Queued]) -> None:
         started = time.monotonic()
-        timeout = self.api.request_timeout
-        live, answers, queued = [], [], []
-        for q in batch:
-            if timeout and started - q.request.enqueued_at > timeout:
-                failure = Failure(
-                    Timeout.reason,
-                    f"the request waited over {timeout:g} s for the model "
-                    "(TENSORGATE_REQUEST_TIMEOUT) and was not computed",
-                )
-                answers.append((q, Answer(q.request.uid, None, failure)))
-            else:
-                live.append(q)
-                queued.append(started - q.request.enqueued_at)
-                self.queue_seconds.observe(queued[-1])
-        instances = sum(q.request.instances for q in live)
-        if live:
-            computing = time.monotonic()
-            answers += self.infer(live)
-            took = time.monotonic() - computing
+        answers = [(q, Answer(q.request.uid, None, EXPIRED)) for q in expired]
+        instances = sum(q.request.instances for q in batch)
+        if batch:
+            queued = [started - q.request.enqueued_at for q in batch]
+            for seconds in queued:
+                self.queue_seconds.observe(seconds)
+            answers += self.infer(batch)
+            took = time.monotonic() - started
             self.stats.batch(self.api.slot, self.worker_id, queued, took, instances)
         self.answer(answers)
-        self.policy.cost.add(instances, time.monotonic() - started)
+        if batch:
+            self.policy.cost.add(instances, time.monotonic() - started)
+            self.policy.sizes.add(instances, len(batch))
+            self.publish_cost()
+
+    def publish_cost(self) -> None:
+        """The batch cost fit, where the HTTP processes estimate a deadline's chances."""
+        cost, size = self.policy.cost, self.policy.sizes.mean
+        measured = Cost(cost.fixed, cost.per_instance, self.api.max_batch_size, size)
+        self.stats.set_cost(self.api.slot, self.worker_id, measured)
 
     def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
         api = self.api

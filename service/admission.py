@@ -108,6 +108,8 @@ def resolve(
 ) -> Urgency:
     """The request's terms: its timeout capped by the server's, counted from its arrival
     (time.monotonic()), and its level (400 for a level the model does not have)."""
+    if asked is NOTHING_ASKED and priorities.levels == 1:  # most requests
+        return Urgency(cap, arrived + cap, 1, 1, False)
     own = asked.timeout is not None and asked.timeout < cap
     timeout = asked.timeout if own else cap
     if priorities.levels == 1:

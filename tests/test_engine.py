@@ -107,6 +107,18 @@ def test_the_queue_bound_refuses_the_least_urgent_level_first():
     assert engine._admitted(slot, 1) == 2 and engine._admitted(slot, 2) == 3
 
 
+def test_a_dead_http_process_admissions_are_let_go_and_no_others():
+    table = VersionTable(["mlp"])
+    slot = table.claim("mlp", 1)
+    engine = Engine(table, max_queue=8, request_timeout=5, drain_timeout=5, http_processes=3)
+    one = (np.zeros((1, 3), np.float32),)
+    for http_index, level in ((1, 2), (1, 1), (2, 2)):
+        engine.http_index = http_index
+        engine._admit("mlp:1", slot, one, Urgency(5, time.monotonic() + 5, level, 3, False))
+    assert engine.forget_http_process(1) == 2
+    assert engine.in_flight("mlp:1") == 1 and engine._admitted(slot, 1) == 0
+
+
 def test_a_deadline_the_work_ahead_cannot_meet_is_refused_at_admission():
     """A batch costs 10 ms + 1 ms per instance, 4 instances at most: with 8 requests ahead a
     request waits for two batches and its own, 3 * 10 + (8 + 1) * 1 = 39 ms."""

@@ -203,10 +203,11 @@ class Engine:
         self.http_processes = http_processes
         self.http_index = 0  # this HTTP process's row of `counts` (EngineServer sets it)
         ctx = mp.get_context("spawn")  # picklable into LitServe's spawned workers too
-        # a row per HTTP process of requests in flight per table slot and priority level, so
-        # that what a dead one admitted can be let go; then the requests answered in total
-        self.row = table.capacity * MAX_PRIORITY_LEVELS  # one HTTP process's cells
-        self.counts = ctx.RawArray("q", http_processes * self.row + 1)
+        # requests in flight per table slot, priority level and HTTP process (so that what a
+        # dead one admitted can be let go), a slot's cells side by side; then the requests
+        # answered in total
+        self.per_slot = MAX_PRIORITY_LEVELS * http_processes
+        self.counts = ctx.RawArray("q", table.capacity * self.per_slot + 1)
         self.counts_lock = ProcessLock()  # one lock: a synchronized Array retakes it per item
         self.drain_began = ctx.RawValue("d", 0.0)  # time.monotonic() of the drain; 0: serving
         self.stats = Stats(table.capacity)  # Triton's inference statistics
@@ -254,22 +255,20 @@ class Engine:
     def forget_http_process(self, index: int) -> int:
         """Let go of what a dead HTTP process had admitted (its clients saw the connection
         close); returns how many requests that was."""
-        row = index * self.row
+        lost = 0
         with self.counts_lock:
-            lost = sum(self.counts[row : row + self.row])
-            self.counts[row : row + self.row] = [0] * self.row
+            for cell in range(index, len(self.counts) - 1, self.http_processes):
+                lost += self.counts[cell]
+                self.counts[cell] = 0
         return lost
 
     def _cell(self, index: int, level: int, http_index: int) -> int:
-        return http_index * self.row + index * MAX_PRIORITY_LEVELS + level - 1
+        return index * self.per_slot + (level - 1) * self.http_processes + http_index
 
     def _admitted(self, index: int, levels: int) -> int:
         """Requests admitted to the slot at levels 1..levels, by every HTTP process."""
-        total = 0
-        for http_index in range(self.http_processes):
-            first = self._cell(index, 1, http_index)
-            total += sum(self.counts[first : first + levels])
-        return total
+        first = index * self.per_slot
+        return sum(self.counts[first : first + levels * self.http_processes])
 
     def record(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
         """One inference request's outcome, for Triton's statistics."""
@@ -282,7 +281,11 @@ class Engine:
         and when it has a deadline of its own, the work ahead of it."""
         with self.counts_lock:
             admitted = self._admitted(index, MAX_PRIORITY_LEVELS)
-            bound = queue_share(self.max_queue, urgency.level, urgency.levels)
+            bound = (
+                self.max_queue
+                if urgency.levels == 1
+                else queue_share(self.max_queue, urgency.level, urgency.levels)
+            )
             if admitted >= bound:
                 raise Overloaded(self._full(key, admitted, bound, urgency))
             if urgency.own_deadline:

@@ -44,6 +44,7 @@ EXPIRED = Failure(
 # fit's mean cost with a margin for slower batches, and the answer's trip to its HTTP process
 # (whose timer, run before its socket is read, would otherwise answer 504 first).
 SAFETY, TRIP = 1.25, 0.001
+PUBLISH_EVERY = 0.05  # seconds between publications of the batch cost (not every batch)
 POLLS_PER_LOOK = 8  # socket polls (0.6 us each) between looks at the cores (2.4 us) in a spin
 
 
@@ -99,11 +100,12 @@ class Queue:
     def append(self, q: Queued) -> None:
         self.levels[min(max(q.request.priority, 1), len(self.levels)) - 1].append(q)
 
-    def first(self) -> Queued:
-        return next(level for level in self.levels if level)[0]
-
-    def popleft(self) -> Queued:
-        return next(level for level in self.levels if level).popleft()
+    def first(self) -> deque[Queued]:
+        """The most urgent level that has a request waiting (the queue is not empty)."""
+        for level in self.levels:
+            if level:
+                return level
+        raise IndexError("the queue is empty")
 
     def drop(self, peer: Peer) -> None:
         self.levels = [deque(q for q in level if q.peer is not peer) for level in self.levels]
@@ -280,9 +282,11 @@ class Worker:
         requests that cannot be stacked). A request whose deadline would pass before a batch
         of its own could finish is not run: it is returned as expired."""
         batch, expired, count, shapes = [], [], 0, None
-        now, cost = time.monotonic(), self.policy.cost
+        fixed, per_instance = self.policy.cost.fixed, self.policy.cost.per_instance
+        soonest = time.monotonic() + SAFETY * fixed + TRIP  # a deadline must be past this
         while self.queue:
-            q = self.queue.first()
+            level = self.queue.first()
+            q = level[0]
             size = q.request.instances
             if batch and count + size > self.api.max_batch_size:
                 break
@@ -290,11 +294,11 @@ class Worker:
                 shapes = shapes or q.request.shapes
                 if q.request.shapes != shapes:
                     break
-            self.queue.popleft()
+            level.popleft()
             if q.request.uid in q.peer.cancelled:
                 q.peer.cancelled.discard(q.request.uid)
                 self.cancelled.inc()
-            elif q.request.deadline < now + SAFETY * (cost.fixed + cost.per_instance * size) + TRIP:
+            elif q.request.deadline < soonest + SAFETY * per_instance * size:
                 expired.append(q)
             else:
                 batch.append(q)
@@ -316,15 +320,18 @@ class Worker:
             self.stats.batch(self.api.slot, self.worker_id, queued, took, instances)
         self.answer(answers)
         if batch:
-            self.policy.cost.add(instances, time.monotonic() - started)
+            ended = time.monotonic()
+            self.policy.cost.add(instances, ended - started)
             self.policy.sizes.add(instances, len(batch))
-            self.publish_cost()
+            if ended - self.published > PUBLISH_EVERY:
+                self.publish_cost()
 
     def publish_cost(self) -> None:
         """The batch cost fit, where the HTTP processes estimate a deadline's chances."""
         cost, size = self.policy.cost, self.policy.sizes.mean
         measured = Cost(cost.fixed, cost.per_instance, self.api.max_batch_size, size)
         self.stats.set_cost(self.api.slot, self.worker_id, measured)
+        self.published = time.monotonic()
 
     def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
         api = self.api

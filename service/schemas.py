@@ -177,6 +177,23 @@ def _v2_tensor(t: Tensor, sig: Signature) -> dict:
     }
 
 
+REQUEST_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "timeout": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "microseconds: answered 504 and not computed if it passes",
+        },
+        "priority": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "1 is the most urgent; 0: the model's default level",
+        },
+    },
+}
+
+
 def v2_request(sig: Signature) -> dict:
     parameters = {"type": "object"}
     tensors = [_v2_tensor(t, sig) for t in sig.inputs]
@@ -195,7 +212,7 @@ def v2_request(sig: Signature) -> dict:
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
-            "parameters": parameters,
+            "parameters": REQUEST_PARAMETERS,
             "inputs": {"type": "array", "minItems": count, "maxItems": count, "items": items},
             "outputs": {"type": "array", "items": output},
         },

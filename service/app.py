@@ -18,13 +18,14 @@ from starlette.routing import Match
 from artifacts.runtimes import resolve_device
 
 from .api import ModelAPI
+from .cache import ResponseCache
 from .dataplane import SERVER, DataPlane
 from .engine import Action, Engine, EngineServer, VersionTable
 from .errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from .fastpath import InferenceFastPath
 from .grpc_server import check_port, grpc_server
 from .lifecycle import Lifecycle
-from .metrics import QueueCollector, render
+from .metrics import CacheCollector, QueueCollector, render
 from .openapi import document
 from .protocol import Signature
 from .repository import ServedModel
@@ -92,6 +93,7 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         return sorted(m.name for m in plane.every_model())
 
     queues = QueueCollector(served, plane.settings.max_queue, plane.in_flight)
+    caches = CacheCollector(lambda: {name: cache.used for name, cache in plane.caches.items()})
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -157,7 +159,7 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> Response:
-        return Response(render(queues), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(queues, caches), media_type=CONTENT_TYPE_LATEST)
 
     # Registered after every other route, so they answer only what no route matched.
     async def unknown(request: Request, model: str) -> Response:
@@ -249,7 +251,8 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     )
     device = resolve_device(settings.device)
     served = [ModelVersions(group, settings, engine) for group in versions.values()]
-    plane = DataPlane(served, settings, engine, device)
+    caches = {name: ResponseCache(size) for name, size in settings.response_caches.items()}
+    plane = DataPlane(served, settings, engine, device, caches)
     specs = [ModelRoutes(m, plane) for m in served]
     routed = {spec.api_path: spec for spec in specs}  # each model's highest version at start
 

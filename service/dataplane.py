@@ -20,11 +20,12 @@ from artifacts.manifest import ARTIFACTS, ManifestError
 from artifacts.runtimes import Tensors
 
 from . import control
-from .admission import resolve
+from .admission import Urgency, resolve
 from .auth import check_key
+from .cache import ResponseCache, key
 from .engine import Action, Engine, Gone
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
-from .metrics import REJECTIONS, REQUEST_DURATION, REQUESTS
+from .metrics import CACHE_REQUESTS, REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import Decoded, Signature
 from .repository import ServedModel, describe
 from .served import ModelVersions
@@ -69,6 +70,16 @@ class Call:
     error: Exception | None = None
 
 
+def finite(outputs: Tensors, model: str) -> None:
+    """A 400 for non-finite floats: e.g. inputs near the limits of float32."""
+    for out in outputs:
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            raise BadRequest(
+                f"model '{model}' computes non-finite outputs for these inputs; "
+                "they are far outside the range of its training data"
+            )
+
+
 def no_routes(model: ModelVersions) -> None:
     """DataPlane.on_model where nothing routes requests (the workers' copy, the tests')."""
 
@@ -78,10 +89,16 @@ class DataPlane:
     its own copy, over the engine's shared memory."""
 
     def __init__(
-        self, models: list[ModelVersions], settings: Settings, engine: Engine, device: str
+        self,
+        models: list[ModelVersions],
+        settings: Settings,
+        engine: Engine,
+        device: str,
+        caches: dict[str, ResponseCache] | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         self.settings, self.engine = settings, engine
+        self.caches = caches or {}  # the response caches (TENSORGATE_RESPONSE_CACHE), by model
         # called with each model this process takes on while serving (discover): the HTTP
         # app adds its routes
         self.on_model: Callable[[ModelVersions], None] = no_routes
@@ -91,7 +108,8 @@ class DataPlane:
         self._children: dict[tuple[str, Transport, str, int], tuple] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "on_model": no_routes}  # the app stays in its process
+        # the app stays in its process; the workers read no cache
+        return {**self.__dict__, "on_model": no_routes, "caches": {}}
 
     def authorise(self, credentials: Credentials) -> None:
         check_key(credentials, self.settings.api_key)
@@ -260,14 +278,43 @@ class DataPlane:
         request = await decode(sig)
         cap = self.settings.request_timeout
         urgency = resolve(request.asked, model.priorities, cap, arrived, model.name)
-        outputs = await self.engine.submit(served.key, request.inputs, gone, urgency)
-        for out in outputs:  # non-finite floats: e.g. inputs near the limits of float32
-            if out.dtype.kind == "f" and not np.isfinite(out).all():
-                raise BadRequest(
-                    f"model '{model.name}' computes non-finite outputs for these inputs; "
-                    "they are far outside the range of its training data"
-                )
+        cache = self.caches.get(model.name)
+        if cache is None or self.engine.draining:
+            outputs = await self.engine.submit(served.key, request.inputs, gone, urgency)
+            finite(outputs, model.name)
+        else:
+            outputs = await self._cached(cache, served, request.inputs, gone, urgency)
         return Inference(served, sig, request, outputs)
+
+    async def _cached(
+        self,
+        cache: ResponseCache,
+        served: ServedModel,
+        inputs: Tensors,
+        gone: Gone | None,
+        urgency: Urgency,
+    ) -> Tensors:
+        """The outputs from the model's response cache, or computed and stored there; counted
+        in Triton's cache statistics (a miss: its lookup and insertion time) and the metrics."""
+        started = time.perf_counter()
+        k = key(served.version, inputs)
+        outputs = cache.get(k)
+        slot = self.engine.slot(served.key)
+        if outputs is not None:
+            if slot is not None:
+                self.engine.stats.cache(slot.index, True, time.perf_counter() - started)
+            CACHE_REQUESTS.labels(served.name, "hit").inc()
+            return outputs
+        looked = time.perf_counter() - started
+        outputs = await self.engine.submit(served.key, inputs, gone, urgency)
+        finite(outputs, served.name)
+        stored = time.perf_counter()
+        cache.put(k, outputs)
+        if slot is not None:
+            took = looked + time.perf_counter() - stored
+            self.engine.stats.cache(slot.index, False, took)
+        CACHE_REQUESTS.labels(served.name, "miss").inc()
+        return outputs
 
     @asynccontextmanager
     async def _accounted(self, model: ModelVersions, transport: Transport) -> AsyncIterator[Call]:

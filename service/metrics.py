@@ -78,6 +78,11 @@ CONNECTIONS_CLOSED = Counter(
     ["reason"],
 )
 HTTP_RESTARTS = Counter("tensorgate_http_restarts", "HTTP server processes replaced after dying.")
+CACHE_REQUESTS = Counter(
+    "tensorgate_cache_requests",
+    "Response cache lookups (TENSORGATE_RESPONSE_CACHE), by result: hit or miss.",
+    ["model", "result"],
+)
 WORKER_RESTARTS = Counter(
     "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
 )
@@ -109,6 +114,23 @@ class QueueCollector:
             queued.add_metric([model], self.in_flight(model))
         yield limit
         yield queued
+
+
+class CacheCollector:
+    """Each response cache's bytes in use (its log so far and its index), read at scrape."""
+
+    def __init__(self, used: Callable[[], dict[str, int]]) -> None:
+        self.used = used
+
+    def collect(self):
+        held = GaugeMetricFamily(
+            "tensorgate_cache_bytes",
+            "Bytes of shared memory the response cache holds, per model (at most its bound).",
+            labels=["model"],
+        )
+        for model, used in self.used().items():
+            held.add_metric([model], used)
+        yield held
 
 
 def render(*collectors: object) -> bytes:

@@ -2,6 +2,7 @@
 (`python -m service --help`), validated once at start."""
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     _pinned: dict[str, int | None] | None = PrivateAttr(None)
     _policies: dict[str, "VersionPolicy"] = PrivateAttr(default_factory=dict)
     _priorities: dict[str | None, Priorities] = PrivateAttr(default_factory=dict)
+    _caches: dict[str, int] = PrivateAttr(default_factory=dict)
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
     port: int = Field(
@@ -158,6 +160,12 @@ class Settings(BaseSettings):
         description="seconds a SIGTERM/SIGINT drain may take; what is left then answers 503 "
         "(keep it below the orchestrator's grace period)",
     )
+    response_cache: str | None = Field(
+        None,
+        description="as Triton's response cache, per model: comma-separated MODEL:SIZE "
+        "(e.g. mlp:64MB,resnet:16MiB), the shared memory each model's cache may hold, at "
+        "least 64KB; identical inputs to the same version are answered from it; unset: none",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="when set, inference and metadata calls need it; health and metrics stay open",
@@ -202,6 +210,7 @@ class Settings(BaseSettings):
         self._pinned = _pinned(self.models)
         self._policies = _policies(self.version_policy, self._pinned or {})
         self._priorities = _priorities(self.priority_levels)
+        self._caches = parse_sizes(self.response_cache)
         return self
 
     @property
@@ -217,6 +226,11 @@ class Settings(BaseSettings):
 
     def policy(self, model: str) -> "VersionPolicy":
         return self._policies.get(model, VersionPolicy("latest"))
+
+    @property
+    def response_caches(self) -> dict[str, int]:
+        """TENSORGATE_RESPONSE_CACHE as {model: bytes}."""
+        return self._caches
 
     def priorities(self, model: str) -> Priorities:
         """The model's priority levels (TENSORGATE_PRIORITY_LEVELS)."""
@@ -271,6 +285,30 @@ def _priorities(setting: str | None) -> dict[str | None, Priorities]:
     return found
 
 
+MIN_CACHE_BYTES = 64 * 1024
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+         "GIB": 2**30}  # fmt: skip
+SIZE = re.compile(r"([0-9]+)\s*([A-Za-z]*)")
+
+
+def parse_sizes(setting: str | None) -> dict[str, int]:
+    """TENSORGATE_RESPONSE_CACHE, `mlp:64MB,resnet:16MiB`, as {model: bytes}."""
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in (setting or "").split(","))):
+        name, _, size = item.partition(":")
+        found = SIZE.fullmatch(size.strip())
+        unit = found and UNITS.get(found.group(2).upper())
+        if not name or found is None or unit is None:
+            raise ValueError(
+                f"TENSORGATE_RESPONSE_CACHE entry {item!r}: expected MODEL:SIZE, e.g. mlp:64MB "
+                "(units B, KB, MB, GB, KiB, MiB, GiB)"
+            )
+        sizes[name] = int(found.group(1)) * unit
+        if sizes[name] < MIN_CACHE_BYTES:
+            raise ValueError(f"TENSORGATE_RESPONSE_CACHE entry {item!r}: at least 64KB")
+    return sizes
+
+
 class VersionPolicy(NamedTuple):
     """Triton's version policy: the latest N versions, all, or specific ones."""
 
@@ -315,6 +353,7 @@ METAVARS = {
     "models": "NAMES",
     "version_policy": "POLICIES",
     "priority_levels": "LEVELS",
+    "response_cache": "SIZES",
     "api_key": "KEY",
 }
 TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is in seconds

@@ -377,6 +377,31 @@ def test_batches_take_the_most_urgent_level_first_and_arrival_order_within_it(wo
     assert api.batches == [8, 8, 4]
 
 
+class CostlyBatches(Doubler):
+    """A batch costs 50 ms + 0.1 ms per instance (its warm-up says so), and may wait 50 ms to
+    fill: three requests 1 ms apart make the policy wait about 21 ms for more."""
+
+    batch_timeout = 0.05
+    warmup_costs = ((1, 0.0501), (8, 0.0508))
+
+
+def test_the_earliest_deadline_cuts_the_policy_s_wait_short():
+    addr = f"\0tensorgate-test-{uuid.uuid4().hex}"
+    api = CostlyBatches()
+    w = Worker(api, addr, api.stats, worker_id=0)
+    peer = Peer(addr)
+    now = time.monotonic()
+    # the last must start within 80 ms: 1.25 x 50.3 ms + 1 ms of it is the batch's
+    peer.send(request(0, now - 0.002, x(1)), request(1, now - 0.001, x(1)),
+              request(2, now, x(1), deadline=now + 0.08))  # fmt: skip
+    before = _dispatched("deadline")
+    w.poll(1)
+    batch, expired = w.next_batch()
+    assert [q.request.uid for q in batch] == [0, 1, 2] and expired == []
+    assert _dispatched("deadline") - before == 1
+    assert time.monotonic() - now < 0.0205  # it waited less than the policy's 21 ms
+
+
 def test_dispatch_reasons_count_why_each_batch_left_the_queue(worker):
     """A worker free when requests are queued runs them at once (idle); a batch that
     reaches max_batch_size is full."""

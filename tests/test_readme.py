@@ -150,15 +150,22 @@ class Walk:
         return done.stdout
 
     def stop(self) -> None:
+        """SIGTERM the server's process group, and wait until its ports are let go: make, also
+        signalled, may exit before the service has drained."""
         if self.server is None:
             return
-        os.killpg(self.server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(self.server.pid, signal.SIGTERM)
         try:
             self.server.wait(timeout=40)
         except subprocess.TimeoutExpired:
             os.killpg(self.server.pid, signal.SIGKILL)
             self.server.wait()
         self.server = None
+        deadline = time.monotonic() + 40
+        while not all(map(bindable, PORTS)):
+            assert time.monotonic() < deadline, f"ports {PORTS} still held after the server stopped"
+            time.sleep(0.1)
 
 
 def ready() -> bool:
@@ -166,6 +173,18 @@ def ready() -> bool:
         return requests.get(f"http://127.0.0.1:{PORTS[0]}/v2/health/ready", timeout=2).ok
     except requests.ConnectionError:
         return False
+
+
+def bindable(port: int) -> bool:
+    """Nothing listens on the port (a draining server's listener drops connection attempts,
+    so connecting would only time out)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free(port: int) -> bool:

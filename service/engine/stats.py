@@ -27,6 +27,10 @@ class RequestCells(ctypes.Structure):
         ("success_ns", ctypes.c_uint64),
         ("fail_count", ctypes.c_uint64),
         ("fail_ns", ctypes.c_uint64),
+        ("cache_hit_count", ctypes.c_uint64),  # the response cache's lookups that found it
+        ("cache_hit_ns", ctypes.c_uint64),
+        ("cache_miss_count", ctypes.c_uint64),  # ... that did not: lookup and insertion time
+        ("cache_miss_ns", ctypes.c_uint64),
     ]
 
 
@@ -85,6 +89,17 @@ class Stats:
             else:
                 cells.fail_count += 1
                 cells.fail_ns += int(seconds * 1e9)
+
+    def cache(self, slot: int, hit: bool, seconds: float) -> None:
+        """One response cache lookup (HTTP side): for a miss, its lookup and insertion."""
+        cells = self.requests[slot]
+        with self.requests_lock:
+            if hit:
+                cells.cache_hit_count += 1
+                cells.cache_hit_ns += int(seconds * 1e9)
+            else:
+                cells.cache_miss_count += 1
+                cells.cache_miss_ns += int(seconds * 1e9)
 
     def batch(
         self, slot: int, worker_id: int, queued: list[float], compute: float, instances: int
@@ -150,8 +165,8 @@ class Stats:
                 "compute_input": none,
                 "compute_infer": pair("compute", count="queue_count"),  # every request run
                 "compute_output": none,
-                "cache_hit": none,
-                "cache_miss": none,
+                "cache_hit": pair("cache_hit"),
+                "cache_miss": pair("cache_miss"),
             },
             "batch_stats": [],
         }

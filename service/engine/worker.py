@@ -255,8 +255,8 @@ class Worker:
         wait, reason = self.policy.wait(queued, now), "waited"
         if wait > 0:
             slack = self.slack(queued, now)
-            if slack < wait:  # the earliest deadline would pass: run what is queued sooner
-                wait, reason = max(0.0, slack), "deadline"
+            if slack < wait:  # the earliest deadline would pass: run what is queued sooner,
+                wait, reason = max(0.0, slack - TRIP), "deadline"  # a poll's overshoot spare
         until = now + wait
         while queued < self.api.max_batch_size and (left := until - time.monotonic()) > 0:
             self.poll(left)
@@ -270,10 +270,10 @@ class Worker:
 
     def slack(self, queued: int, now: float) -> float:
         """Seconds the queued requests can wait and still be answered by the earliest
-        deadline among them, given the cost of running them."""
+        deadline among them, given the cost of running them (with take()'s margins)."""
         cost = self.policy.cost
         earliest = min(q.request.deadline for q in self.queue)
-        return earliest - now - (cost.fixed + cost.per_instance * queued)
+        return earliest - now - SAFETY * (cost.fixed + cost.per_instance * queued) - TRIP
 
     def take(self) -> tuple[list[Queued], list[Queued]]:
         """Requests, most urgent level first and in arrival order within one, up to

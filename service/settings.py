@@ -237,11 +237,16 @@ class Settings(BaseSettings):
         return self._priorities.get(model) or self._priorities.get(None) or Priorities()
 
 
+def entries(setting: str | None) -> list[str]:
+    """A comma-separated setting's entries, stripped, the empty ones dropped."""
+    return [part.strip() for part in (setting or "").split(",") if part.strip()]
+
+
 def _pinned(models: str | None) -> dict[str, int | None] | None:
     if not models:
         return None
     pinned: dict[str, int | None] = {}
-    for item in filter(None, (part.strip() for part in models.split(","))):
+    for item in entries(models):
         name, _, version = item.partition(":")
         if version and not (version.isascii() and version.isdigit()):
             raise ValueError(f"TENSORGATE_MODELS entry {item!r}: version must be a number")
@@ -251,7 +256,7 @@ def _pinned(models: str | None) -> dict[str, int | None] | None:
 
 def _policies(version_policy: str | None, pinned: dict[str, int | None]) -> dict:
     found: dict[str, VersionPolicy] = {}
-    for item in filter(None, (part.strip() for part in (version_policy or "").split(","))):
+    for item in entries(version_policy):
         name, kind, *args = item.split(":")
         found[name] = VersionPolicy.parse(kind, args, item)
     for name, pin in pinned.items():
@@ -272,7 +277,7 @@ def _priorities(setting: str | None) -> dict[str | None, Priorities]:
         "LEVELS[:DEFAULT] or MODEL:LEVELS[:DEFAULT], with 1 <= DEFAULT <= LEVELS <= "
         f"{MAX_PRIORITY_LEVELS}"
     )
-    for item in filter(None, (part.strip() for part in (setting or "").split(","))):
+    for item in entries(setting):
         parts = item.split(":")
         name = None if parts[0].isdigit() else parts.pop(0)
         if not (1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
@@ -294,7 +299,7 @@ SIZE = re.compile(r"([0-9]+)\s*([A-Za-z]*)")
 def parse_sizes(setting: str | None) -> dict[str, int]:
     """TENSORGATE_RESPONSE_CACHE, `mlp:64MB,resnet:16MiB`, as {model: bytes}."""
     sizes: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in (setting or "").split(","))):
+    for item in entries(setting):
         name, _, size = item.partition(":")
         found = SIZE.fullmatch(size.strip())
         unit = found and UNITS.get(found.group(2).upper())

@@ -396,8 +396,8 @@ def test_the_earliest_deadline_cuts_the_policy_s_wait_short():
               request(2, now, x(1), deadline=now + 0.08))  # fmt: skip
     before = _dispatched("deadline")
     w.poll(1)
-    batch, expired = w.next_batch()
-    assert [q.request.uid for q in batch] == [0, 1, 2] and expired == []
+    taken = w.next_batch()
+    assert [q.request.uid for q in taken.batch] == [0, 1, 2] and taken.expired == []
     assert _dispatched("deadline") - before == 1
     assert time.monotonic() - now < 0.0205  # it waited less than the policy's 21 ms
 
@@ -467,7 +467,7 @@ def test_a_spinning_worker_sees_a_request_without_sleeping_and_gives_up_in_time(
     peer.send(request(7, time.monotonic(), x(1, 4)))
     w.spin()  # connects and reads within the spin
     assert [q.request.uid for q in w.queue] == [7]
-    w.run(*w.take())
+    w.run(w.take())
     np.testing.assert_array_equal(peer.answers(1)[7].outputs[0], x(1, 8))
 
 

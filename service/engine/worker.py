@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..admission import Cost
 from ..errors import DeadlineExceeded, InferenceFailed, ServiceError
@@ -111,6 +111,13 @@ class Queue:
         self.levels = [deque(q for q in level if q.peer is not peer) for level in self.levels]
 
 
+class Taken(NamedTuple):
+    """What the queue gives up at once: a batch to run, and requests found expired."""
+
+    batch: list[Queued]
+    expired: list[Queued]
+
+
 class WorkerLoop(EngineLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
@@ -180,9 +187,9 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            batch, expired = self.next_batch()
-            if batch or expired:
-                self.run(batch, expired)
+            taken = self.next_batch()
+            if taken.batch or taken.expired:
+                self.run(taken)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -244,7 +251,7 @@ class Worker:
             if time.monotonic() > until:
                 return
 
-    def next_batch(self) -> tuple[list[Queued], list[Queued]]:
+    def next_batch(self) -> Taken:
         """The next batch to run, and the requests found expired meanwhile."""
         if not self.queue and self.spin_seconds > 0:
             self.spin()
@@ -275,7 +282,7 @@ class Worker:
         earliest = min(q.request.deadline for q in self.queue)
         return earliest - now - SAFETY * (cost.fixed + cost.per_instance * queued) - TRIP
 
-    def take(self) -> tuple[list[Queued], list[Queued]]:
+    def take(self) -> Taken:
         """Requests, most urgent level first and in arrival order within one, up to
         max_batch_size instances (at least one request), as long as their inputs' shapes past
         the batch axis agree (a model with a dynamic axis besides the batch one may get
@@ -303,13 +310,13 @@ class Worker:
             else:
                 batch.append(q)
                 count += size
-        return batch, expired
+        return Taken(batch, expired)
 
     # -- running and answering -----------------------------------------------------------
 
-    def run(self, batch: list[Queued], expired: list[Queued]) -> None:
-        started = time.monotonic()
-        answers = [(q, Answer(q.request.uid, None, EXPIRED)) for q in expired]
+    def run(self, taken: Taken) -> None:
+        started, batch = time.monotonic(), taken.batch
+        answers = [(q, Answer(q.request.uid, None, EXPIRED)) for q in taken.expired]
         instances = sum(q.request.instances for q in batch)
         if batch:
             queued = [started - q.request.enqueued_at for q in batch]

@@ -25,12 +25,13 @@ from .errors import BadRequest, MethodNotAllowed, NotFound, ServiceError
 from .fastpath import InferenceFastPath
 from .grpc_server import check_port, grpc_server
 from .lifecycle import Lifecycle
-from .metrics import CacheCollector, QueueCollector, render
+from .metrics import CacheCollector, QueueCollector, TrafficCollector, render
 from .openapi import document
 from .protocol import Signature
 from .repository import ServedModel
 from .rest import ModelRoutes, VersionSpec, api_path, error_response, read_body, to_response
-from .schemas import Error, IndexEntry, TritonStatistics
+from .rollback import CanaryWatch
+from .schemas import Error, IndexEntry, Traffic, TrafficChange, TritonStatistics
 from .served import ModelVersions
 from .settings import Settings
 
@@ -94,6 +95,7 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
 
     queues = QueueCollector(served, plane.settings.max_queue, plane.in_flight)
     caches = CacheCollector(lambda: {name: cache.used for name, cache in plane.caches.items()})
+    traffic_shares = TrafficCollector(plane.traffic_shares)
 
     @app.get("/", tags=["health"])
     async def alive() -> dict:
@@ -152,6 +154,33 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         await plane.model_control(model, Action.UNLOAD, request.headers)
         return {}
 
+    @app.get("/v2/repository/models/{model}/traffic", tags=["repository"], response_model=Traffic)
+    async def traffic(request: Request, model: str) -> dict:
+        """How the model's requests that name no version are split among its versions, why a
+        canary was last rolled back, and its shadow version's comparisons so far."""
+        return plane.traffic(model, request.headers)
+
+    change = {"application/json": {"schema": TrafficChange.model_json_schema()}}
+
+    @app.post(
+        "/v2/repository/models/{model}/traffic",
+        tags=["repository"],
+        response_model=Traffic,
+        responses={400: {"model": Error, "description": "model control not explicit; bad body"}},
+        openapi_extra={"requestBody": {"required": True, "content": change}},
+    )
+    async def set_traffic(request: Request, model: str) -> dict:
+        """Replace the weights and/or the shadow (explicit model control): either key alone;
+        `"weights": {}` sends everything to the highest version again, `"shadow": null` stops
+        shadowing."""
+        plane.authorise(request.headers)
+        body = await read_body(request, CONTROL_BODY_BYTES, "the traffic endpoint's")
+        try:
+            asked = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest('the body must be JSON: {"weights": {...}, "shadow": {...}}') from None
+        return plane.set_traffic(model, asked, request.headers)
+
     @app.get("/v2/models/stats", tags=["metadata"], response_model=TritonStatistics)
     async def all_stats(request: Request) -> dict:
         """Triton's statistics extension, every model."""
@@ -159,7 +188,7 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
     async def metrics() -> Response:
-        return Response(render(queues, caches), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(queues, caches, traffic_shares), media_type=CONTENT_TYPE_LATEST)
 
     # Registered after every other route, so they answer only what no route matched.
     async def unknown(request: Request, model: str) -> Response:
@@ -270,7 +299,14 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     server = EngineServer(
         apis,
         engine,
-        Lifecycle(settings, table, policies, make_api, targets),
+        Lifecycle(
+            settings,
+            table,
+            policies,
+            make_api,
+            targets,
+            canaries=CanaryWatch(table, engine.stats, settings.canary_limits),
+        ),
         companions,
         front=partial(InferenceFastPath, specs=specs),
         accelerator=device,

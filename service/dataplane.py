@@ -8,6 +8,7 @@ metrics, labelled by transport (`v1`, `v2`, `grpc`) and by the transport's own s
 code, or a gRPC status name), and Triton's statistics.
 """
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -23,19 +24,26 @@ from . import control
 from .admission import Urgency, resolve
 from .auth import check_key
 from .cache import ResponseCache, key
-from .engine import Action, Engine, Gone
+from .engine import Action, Engine, Gone, version_key
+from .engine.stats import ShadowCounts
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
 from .metrics import CACHE_REQUESTS, REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import Decoded, Signature
 from .repository import ServedModel, describe
 from .served import ModelVersions
 from .settings import Settings
+from .shadow import Shadowing
+from .traffic import Shadow, check_shadow, check_weights
 from .triton import model_config
 
 Transport = Literal["v1", "v2", "grpc"]  # the metrics' protocol label
 Credentials = Mapping[str, str]  # HTTP headers or gRPC metadata, lower-case keys
 Decode = Callable[[Signature], Awaitable[Decoded]]
 SERVER = {"name": "tensorgate", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+NO_COMPARISONS = ShadowCounts(0, 0, 0, 0, 0.0)
+UNCHANGED = object()  # a traffic body without "shadow"
 
 
 class Readiness(NamedTuple):
@@ -80,6 +88,13 @@ def finite(outputs: Tensors, model: str) -> None:
             )
 
 
+def shares(model: ModelVersions) -> dict[int, float]:
+    """Each serving version's share of the model's requests that name no version."""
+    model.refresh()
+    routed = model.router.shares()
+    return {version: routed.get(version, 0.0) for version in model.versions}
+
+
 def no_routes(model: ModelVersions) -> None:
     """DataPlane.on_model where nothing routes requests (the workers' copy, the tests')."""
 
@@ -103,6 +118,7 @@ class DataPlane:
         # app adds its routes
         self.on_model: Callable[[ModelVersions], None] = no_routes
         self.device = device  # "cpu" or "cuda", for Triton's model configuration
+        self.shadowing = Shadowing(engine, settings.request_timeout)
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
         self._children: dict[tuple[str, Transport, str, int], tuple] = {}
@@ -237,6 +253,86 @@ class DataPlane:
             self.discover()
             await control.until_ready(self.models[name])
 
+    # -- traffic between versions (traffic.py, shadow.py) ----------------------------------
+
+    def traffic(self, name: str, credentials: Credentials) -> dict:
+        """The model's weights, where its unversioned requests go now, why a canary was last
+        rolled back, and its shadow with the comparisons so far."""
+        self.authorise(credentials)
+        model = self.model(name, credentials)
+        table = self.engine.table
+        return {
+            "weights": {str(v): w for v, w in table.weights(name).items()},
+            "routed": {str(v): round(share, 6) for v, share in shares(model).items()},
+            "rollback": table.rollback(name) or None,
+            "shadow": self._shadow_summary(model),
+        }
+
+    def traffic_shares(self) -> dict[str, dict[int, float]]:
+        """Every model's shares, for tensorgate_traffic_weight."""
+        return {model.name: shares(model) for model in self.every_model()}
+
+    def _shadow_summary(self, model: ModelVersions) -> dict | None:
+        if model.shadow is None:
+            return None
+        slot = self.engine.slot(version_key(model.name, model.shadow.version))
+        counts = self.engine.stats.shadow_counts(slot.index) if slot else NO_COMPARISONS
+        largest = counts.max_difference
+        return {
+            "version": str(model.shadow.version),
+            "fraction": model.shadow.fraction,
+            **counts._asdict(),
+            "max_difference": largest if math.isfinite(largest) else None,  # inf: shapes differ
+        }
+
+    def set_traffic(self, name: str, body: object, credentials: Credentials) -> dict:
+        """Replace the model's weights and/or its shadow (explicit model control only):
+        `{"weights": {"1": 90, "2": 10}, "shadow": {"version": 2, "fraction": 0.1}}`, either
+        key alone; `{}` weights or a null shadow clears them. Answers as traffic() does."""
+        self.authorise(credentials)
+        model = self.model(name, credentials)
+        if self.settings.model_control != "explicit":
+            raise BadRequest(
+                f"cannot change the traffic of '{name}': the model control mode is "
+                f"{self.settings.model_control} (TENSORGATE_MODEL_CONTROL=explicit allows it)"
+            )
+        weights, shadow = self._traffic_body(model, body)
+        if weights is not None:
+            self.engine.table.set_weights(name, weights)
+        if shadow is not UNCHANGED:
+            self.engine.table.set_shadow(name, shadow)
+        return self.traffic(name, credentials)
+
+    def _traffic_body(self, model: ModelVersions, body: object) -> tuple:
+        """(the new weights, or None: unchanged; the new shadow, None or UNCHANGED)."""
+        if not isinstance(body, dict) or not set(body) <= {"weights", "shadow"}:
+            raise BadRequest('the body must be {"weights": {...}, "shadow": {...}}, either key')
+        weights, shadow = None, body.get("shadow", UNCHANGED)
+        try:
+            if "weights" in body:
+                if not isinstance(body["weights"], dict):
+                    raise ValueError('"weights" must be an object of version: weight')
+                weights = check_weights(body["weights"], "weights")
+            if isinstance(shadow, dict):
+                shadow = check_shadow(shadow.get("version"), shadow.get("fraction"), "shadow")
+            elif shadow is not None and shadow is not UNCHANGED:
+                raise ValueError('"shadow" must be {"version": V, "fraction": F} or null')
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        model.refresh()
+        named = [v for v, w in (weights or {}).items() if w]
+        for version in named + ([shadow.version] if isinstance(shadow, Shadow) else []):
+            if version not in model.versions:
+                served = ", ".join(map(str, model.versions)) or "none"
+                raise BadRequest(
+                    f"model '{model.name}' version {version} is not serving; serving: {served}"
+                )
+        after = model.shadow if shadow is UNCHANGED else shadow
+        weighted = self.engine.table.weights(model.name) if weights is None else weights
+        if after and weighted.get(after.version):
+            raise BadRequest(f"version {after.version} is the shadow: it takes no weight")
+        return weights, shadow
+
     # -- inference -----------------------------------------------------------------------
 
     async def infer(
@@ -248,23 +344,28 @@ class DataPlane:
         decode: Decode,
         gone: Gone | None = None,
     ) -> Inference:
-        """Authorise, resolve the version (None: the highest serving), decode the request for
-        its signature (`decode`, the transport's), run it and account for it. A request for no
-        version in particular whose version was retired before it was admitted (a new version
-        took over) runs again on the one serving now. `gone` returns once the client has left,
-        so that a request nobody waits for is not computed."""
+        """Authorise, resolve the version (None: as the model's traffic weights route it),
+        decode the request for its signature (`decode`, the transport's), run it and account
+        for it; a sampled share goes on to the model's shadow. A request for no version in
+        particular whose version was retired before it was admitted (a new version took
+        over) runs again on one serving now. `gone` returns once the client has left, so that
+        a request nobody waits for is not computed."""
         arrived = time.monotonic()  # a deadline counts from here, the body's reading included
         model = self.model(name, credentials)
         async with self._accounted(model, transport) as call:
             self.authorise(credentials)
-            call.model = model.served(version)  # a 404 before the body is read
+            # a 404 before the body is read
+            call.model = model.routed() if version is None else model.served(version)
             try:
-                return await self._run(model, call.model, decode, gone, arrived)
+                done = await self._run(model, call.model, decode, gone, arrived)
             except Retired:
                 if version is not None:
                     raise
-                call.model = model.served(None)
-                return await self._run(model, call.model, decode, gone, arrived)
+                call.model = model.routed()
+                done = await self._run(model, call.model, decode, gone, arrived)
+        if model.shadow is not None:
+            self.shadowing.offer(model, done.model, done.request.inputs, done.outputs)
+        return done
 
     async def _run(
         self,
@@ -339,7 +440,8 @@ class DataPlane:
             latency.observe(took)
             if served is not None:
                 outcome = "success" if call.error is None else "fail"
-                self.engine.record(served.key, outcome, took)
+                server_error = getattr(call.error, "status", 500) >= 500 if call.error else False
+                self.engine.record(served.key, outcome, took, server_error)
 
     def _metrics(self, name: str, transport: Transport, code: str, version: int) -> tuple:
         """(requests counter, latency histogram) children for these labels."""
@@ -348,6 +450,6 @@ class DataPlane:
         if children is None:
             children = self._children[key] = (
                 REQUESTS.labels(name, str(version), transport, code),
-                REQUEST_DURATION.labels(name, transport),
+                REQUEST_DURATION.labels(name, str(version), transport),
             )
         return children

@@ -33,6 +33,7 @@ from artifacts.manifest import ManifestError, versions
 from .engine import Action, EngineServer, LitAPI, StartupError, State, VersionTable
 from .metrics import LOAD_FAILURES
 from .repository import ServedModel, describe, model_folders
+from .rollback import CanaryWatch
 from .settings import Settings, VersionPolicy
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,13 @@ class Lifecycle:
     loading: dict[int, ServedModel] = field(default_factory=dict)  # slot -> version
     failed: dict[tuple[str, int], int] = field(default_factory=dict)  # -> stamp at failure
     asks: dict[str, Ask] = field(default_factory=dict)  # model -> its load being answered
+    canaries: CanaryWatch | None = None  # rolls canaries back (TENSORGATE_CANARY_*)
     next_poll: float = 0.0
 
     def __post_init__(self) -> None:
         self.next_poll = time.monotonic() + self.settings.repository_poll
+        for model in self.policies:
+            self._route(model)
 
     def step(self, server: EngineServer) -> None:
         polled = self.settings.model_control == "poll" and time.monotonic() >= self.next_poll
@@ -99,6 +103,8 @@ class Lifecycle:
         for model in self.policies:
             self._retire_replaced(server, model)
         self._answer()
+        if self.canaries is not None:
+            self.canaries.step()
 
     # -- which models ----------------------------------------------------------------------
 
@@ -121,7 +127,17 @@ class Lifecycle:
             if name not in self.policies:
                 self.policies[name] = self.settings.policy(name)
                 self.targets[name] = ()
+                self._route(name)
                 logger.info("model '%s': new in the repository", name)
+
+    def _route(self, model: str) -> None:
+        """The model's traffic weights and shadow as the settings give them (traffic.py)."""
+        weights = self.settings.traffic_weights.get(model)
+        if weights:
+            self.table.set_weights(model, weights)
+        shadow = self.settings.shadows.get(model)
+        if shadow:
+            self.table.set_shadow(model, shadow)
 
     # -- what to serve -------------------------------------------------------------------
 

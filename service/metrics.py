@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-# Sub-millisecond to 30 s: small models answer in well under a millisecond on the CPU.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+from .traffic import LATENCY_BUCKETS
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
@@ -25,7 +25,7 @@ REQUESTS = Counter(
 REQUEST_DURATION = Histogram(
     "tensorgate_request_duration_seconds",
     "Inference request latency in the HTTP server.",
-    ["model", "protocol"],
+    ["model", "version", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
 QUEUE_DURATION = Histogram(
@@ -83,6 +83,24 @@ CACHE_REQUESTS = Counter(
     "Response cache lookups (TENSORGATE_RESPONSE_CACHE), by result: hit or miss.",
     ["model", "result"],
 )
+SHADOW_COMPARISONS = Counter(
+    "tensorgate_shadow_comparisons",
+    "Requests computed again by the model's shadow version (TENSORGATE_SHADOW), by result: "
+    "agree, disagree, error (the shadow failed), dropped (not sent: the shadow was busy or "
+    "not serving).",
+    ["model", "version", "result"],
+)
+SHADOW_DIFFERENCE = Histogram(
+    "tensorgate_shadow_difference",
+    "Largest absolute difference between an answer's outputs and its shadow's.",
+    ["model", "version"],
+    buckets=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1),
+)
+CANARY_ROLLBACKS = Counter(
+    "tensorgate_canary_rollbacks",
+    "Canary versions whose traffic weight was set to 0 by TENSORGATE_CANARY_* limits.",
+    ["model", "version"],
+)
 WORKER_RESTARTS = Counter(
     "tensorgate_worker_restarts", "Inference workers replaced after dying.", ["model"]
 )
@@ -131,6 +149,25 @@ class CacheCollector:
         for model, used in self.used().items():
             held.add_metric([model], used)
         yield held
+
+
+class TrafficCollector:
+    """Each serving version's share of its model's unversioned requests, read at scrape."""
+
+    def __init__(self, shares: Callable[[], dict[str, dict[int, float]]]) -> None:
+        self.shares = shares
+
+    def collect(self):
+        weight = GaugeMetricFamily(
+            "tensorgate_traffic_weight",
+            "Share (0-1) of the model's requests naming no version that go to the version "
+            "(TENSORGATE_TRAFFIC; 0 once a canary is rolled back).",
+            labels=["model", "version"],
+        )
+        for model, shares in self.shares().items():
+            for version, share in shares.items():
+                weight.add_metric([model, str(version)], share)
+        yield weight
 
 
 def render(*collectors: object) -> bytes:

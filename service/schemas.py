@@ -13,7 +13,7 @@ shape; the binary extension's header) the service checks, answering 400.
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .protocol import Signature, Tensor
 
@@ -91,6 +91,47 @@ class IndexEntry(BaseModel):
     version: str
     state: str = Field(examples=["READY", "LOADING", "UNAVAILABLE"])
     reason: str
+
+
+class ShadowSummary(BaseModel):
+    """The shadow version and its comparisons with the answers so far (shadow.py)."""
+
+    version: str
+    fraction: float = Field(description="share of answered requests copied to it")
+    agree: int
+    disagree: int
+    error: int = Field(description="the shadow failed to compute the copy")
+    dropped: int = Field(description="not sent: the shadow was busy or not serving")
+    max_difference: float | None = Field(
+        description="largest absolute difference of an output element; null: shapes differed"
+    )
+
+
+class Traffic(BaseModel):
+    """Where a model's requests that name no version go."""
+
+    weights: dict[str, int] = Field(
+        description="version: weight, as set; empty: the highest version",
+        examples=[{"1": 90, "2": 10}],
+    )
+    routed: dict[str, float] = Field(
+        description="each serving version's share of those requests now",
+        examples=[{"1": 0.9, "2": 0.1}],
+    )
+    rollback: str | None = Field(description="why a canary was last rolled back; null: none")
+    shadow: ShadowSummary | None
+
+
+class TrafficChange(BaseModel):
+    """New weights and/or a new shadow; a key left out is unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, int] | None = Field(None, examples=[{"1": 90, "2": 10}])
+    shadow: dict[str, float] | None = Field(
+        None,
+        description='{"version": V, "fraction": F}, 0 < F <= 1; null: no shadow',
+        examples=[{"version": 2, "fraction": 0.1}],
+    )
 
 
 class ModelReady(BaseModel):

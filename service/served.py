@@ -6,6 +6,7 @@ process reads the engine's version table again when its generation has changed, 
 manifest of a version it has not seen (the main process verified it before loading it).
 """
 
+import random
 import re
 
 from artifacts.manifest import TensorSpec, versions
@@ -15,6 +16,7 @@ from .errors import BadRequest, NotFound, Unavailable
 from .protocol import Signature, Tensor
 from .repository import ServedModel, describe
 from .settings import Settings, VersionPolicy
+from .traffic import Router, Shadow
 
 
 def signature(model: ServedModel, max_instances: int) -> Signature:
@@ -49,7 +51,8 @@ def version_number(text: str) -> int:
 
 
 class ModelVersions:
-    """A model's served versions; the unversioned and V1 routes answer with the highest."""
+    """A model's served versions; the unversioned and V1 routes answer with the highest, or
+    as the model's traffic weights split them (traffic.py)."""
 
     def __init__(self, served: list[ServedModel], settings: Settings, engine: Engine) -> None:
         highest = max(served, key=lambda m: m.version)
@@ -62,6 +65,8 @@ class ModelVersions:
         self.at_start = highest  # its LitAPI carries the model's routes; OpenAPI shows it
         self.versions: dict[int, ServedModel] = {}  # the serving ones, ascending
         self.highest: ServedModel | None = None  # the highest serving one
+        self.router = Router([], {}, None)  # where unversioned requests go
+        self.shadow: Shadow | None = None  # the version that shadows the others (shadow.py)
         self._generation = -1
 
     def refresh(self) -> None:
@@ -78,6 +83,9 @@ class ModelVersions:
                 self.signatures[version] = signature(model, self.settings.max_instances)
         self.versions = {v: self.known[v] for v in serving}
         self.highest = self.versions[serving[-1]] if serving else None
+        self.shadow = self.engine.table.shadow(self.name)
+        weights = self.engine.table.weights(self.name)
+        self.router = Router(serving, weights, self.shadow and self.shadow.version)
 
     def slots(self) -> dict[int, Slot]:
         """This model's slots in the version table, by version: serving, loading or retiring."""
@@ -94,14 +102,23 @@ class ModelVersions:
         """The version whose load failed last and why; (0, "") when none did."""
         return self.engine.table.failure(self.name)
 
+    def routed(self) -> ServedModel:
+        """The version for an inference request that names none: drawn by the weights."""
+        self.refresh()
+        version = self.router.pick(random.random())
+        if version is None:
+            raise Unavailable(self.none_serving())
+        return self.versions[version]
+
     def served(self, version: str | None) -> ServedModel:
-        """The version a request names (None: the highest serving), or BadRequest for what is
-        no version number, NotFound, or Unavailable when none serves."""
+        """The version a request names (None: the primary, the highest serving unless
+        weights say otherwise), or BadRequest for what is no version number, NotFound, or
+        Unavailable when none serves."""
         self.refresh()
         if version is None:
-            if self.highest is None:
+            if self.router.primary is None:
                 raise Unavailable(self.none_serving())
-            return self.highest
+            return self.versions[self.router.primary]
         number = version_number(version)
         if number in self.versions:
             return self.versions[number]

@@ -21,6 +21,7 @@ from artifacts.manifest import DEFAULT_REPOSITORY, Backend
 
 from .admission import MAX_PRIORITY_LEVELS, Priorities
 from .host import usable_cores
+from .traffic import Limits, Shadow, Weights, parse_shadows, parse_traffic
 
 # LitServe binds only these (LitServer.run refuses any other host).
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
     _policies: dict[str, "VersionPolicy"] = PrivateAttr(default_factory=dict)
     _priorities: dict[str | None, Priorities] = PrivateAttr(default_factory=dict)
     _caches: dict[str, int] = PrivateAttr(default_factory=dict)
+    _traffic: dict[str, Weights] = PrivateAttr(default_factory=dict)
+    _shadows: dict[str, Shadow] = PrivateAttr(default_factory=dict)
 
     host: str = Field("127.0.0.1", description=f"address to listen on: one of {', '.join(HOSTS)}")
     port: int = Field(
@@ -166,6 +169,36 @@ class Settings(BaseSettings):
         "(e.g. mlp:64MB,resnet:16MiB), the shared memory each model's cache may hold, at "
         "least 64KB; identical inputs to the same version are answered from it; unset: none",
     )
+    traffic: str | None = Field(
+        None,
+        description="weights splitting each model's requests that name no version among its "
+        "serving versions, MODEL:VERSION=WEIGHT,VERSION=WEIGHT... (e.g. mlp:1=90,2=10); a "
+        "version without a weight gets none; in explicit model control, POST "
+        "/v2/repository/models/MODEL/traffic changes them; unset: the highest version",
+    )
+    shadow: str | None = Field(
+        None,
+        description="comma-separated MODEL:VERSION@FRACTION (e.g. mlp:2@0.1): that fraction "
+        "of the model's answered requests is computed again by the shadow version, off the "
+        "request's path, and the outputs compared; it takes no unversioned traffic itself",
+    )
+    canary_max_error_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="roll a canary (a weighted version other than the largest weight) back "
+        "to weight 0 when more than this share of its answers over --canary-window were "
+        "5xx; unset: no such limit",
+    )
+    canary_max_p99: float | None = Field(
+        None,
+        gt=0,
+        description="roll a canary back when its p99 latency over --canary-window passes "
+        "this many seconds; unset: no such limit",
+    )
+    canary_window: float = Field(
+        60.0, gt=0, description="seconds of a canary's answers the two limits above judge"
+    )
     api_key: SecretStr | None = Field(
         None,
         description="when set, inference and metadata calls need it; health and metrics stay open",
@@ -211,6 +244,8 @@ class Settings(BaseSettings):
         self._policies = _policies(self.version_policy, self._pinned or {})
         self._priorities = _priorities(self.priority_levels)
         self._caches = parse_sizes(self.response_cache)
+        self._traffic = parse_traffic(entries(self.traffic))
+        self._shadows = parse_shadows(entries(self.shadow))
         return self
 
     @property
@@ -231,6 +266,20 @@ class Settings(BaseSettings):
     def response_caches(self) -> dict[str, int]:
         """TENSORGATE_RESPONSE_CACHE as {model: bytes}."""
         return self._caches
+
+    @property
+    def traffic_weights(self) -> dict[str, Weights]:
+        """TENSORGATE_TRAFFIC as {model: {version: weight}}."""
+        return self._traffic
+
+    @property
+    def shadows(self) -> dict[str, Shadow]:
+        """TENSORGATE_SHADOW as {model: its shadow}."""
+        return self._shadows
+
+    @property
+    def canary_limits(self) -> Limits:
+        return Limits(self.canary_max_error_rate, self.canary_max_p99, self.canary_window)
 
     def priorities(self, model: str) -> Priorities:
         """The model's priority levels (TENSORGATE_PRIORITY_LEVELS)."""

@@ -7,6 +7,7 @@ from helpers import BATCH_TIMEOUT, tool
 
 from load_tests.servers import running_service
 from training import REGISTRY, train_and_save
+from training.checkpoint import CHECKPOINT_NAME
 from training.train import TrainResult
 
 
@@ -25,10 +26,17 @@ def full_runs(tmp_path_factory) -> tuple[Path, dict[str, TrainResult]]:
 
 
 @pytest.fixture(scope="session")
+def other_mlp(tmp_path_factory) -> Path:
+    """mlp trained to completion with another seed (1): a version that answers differently."""
+    out = tmp_path_factory.mktemp("other-runs")
+    train_and_save("mlp", out, device="cpu", seed=1, progress=False)
+    return out / "mlp" / CHECKPOINT_NAME
+
+
+@pytest.fixture(scope="session")
 def exported(full_runs, tmp_path_factory) -> Path:
     """A model repository holding version 1 of every fully trained model."""
     from export.pipeline import export_model
-    from training.checkpoint import CHECKPOINT_NAME
 
     runs, _ = full_runs
     repository = tmp_path_factory.mktemp("model_repository")

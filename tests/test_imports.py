@@ -4,6 +4,8 @@ read the repository; the serving engine knows arrays and processes, not the web 
 Read from each module's syntax tree, so a lazy import counts too."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,12 @@ def test_the_engine_and_every_service_module_it_imports_import_no_web_framework(
     assert ROOT / "service" / "errors.py" in seen  # the walk follows relative imports
     wrong = {str(p.relative_to(ROOT)): sorted(imported(p) & WEB) for p in seen if imported(p) & WEB}
     assert not wrong, wrong
+
+
+def test_the_settings_load_no_prometheus_client_before_the_metrics_folder_is_set():
+    """prometheus_client picks multiprocess mode when first imported: `python -m service`
+    parses its settings before it sets PROMETHEUS_MULTIPROC_DIR, and an HTTP process forked
+    from a main process that had imported it too early would count in memory, unseen."""
+    code = "import sys, service.settings; print('prometheus_client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "False", done.stderr

@@ -10,17 +10,14 @@ from helpers import direct, rows, uncertain_mlp_rows, v2_json
 
 from export.pipeline import export_model
 from load_tests.servers import running_service
-from training import train_and_save
-from training.checkpoint import CHECKPOINT_NAME
 
 
-def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
+def test_a_version_policy_serves_versions_side_by_side(exported, other_mlp, tmp_path):
     """mlp version 1 as exported, version 2 trained with another seed: latest:2 serves both,
     each with its own answers; the unversioned and V1 routes take the highest."""
     repository = tmp_path / "repository"
     shutil.copytree(exported / "mlp", repository / "mlp")
-    train_and_save("mlp", tmp_path / "runs", device="cpu", seed=1, progress=False)
-    export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
+    export_model(other_mlp, repository, progress=False)
     x = uncertain_mlp_rows()
     expected = {v: direct(repository, "mlp", x, version=v) for v in (1, 2)}
     assert np.abs(expected[1] - expected[2]).max() > 1e-3  # the two versions differ
@@ -47,7 +44,7 @@ def test_a_version_policy_serves_versions_side_by_side(exported, tmp_path):
             ("1", 1),
             ("2", 3),  # its versioned route, the unversioned one and V1
         ]
-        export_model(tmp_path / "runs" / "mlp" / CHECKPOINT_NAME, repository, progress=False)
+        export_model(other_mlp, repository, progress=False)
         time.sleep(1.5)  # three supervisor rounds: with model control none nothing changes
         index = s.post("/v2/repository/index").json()
         assert [(e["name"], e["version"], e["state"]) for e in index] == [

@@ -270,11 +270,17 @@ class Engine:
         first = index * self.per_slot
         return sum(self.counts[first : first + levels * self.http_processes])
 
-    def record(self, key: str, outcome: Literal["success", "fail"], seconds: float) -> None:
-        """One inference request's outcome, for Triton's statistics."""
+    def record(
+        self,
+        key: str,
+        outcome: Literal["success", "fail"],
+        seconds: float,
+        server_error: bool = False,
+    ) -> None:
+        """One inference request's outcome, for Triton's statistics and a canary's judge."""
         slot = self.slot(key)
         if slot is not None:
-            self.stats.request(slot.index, outcome, seconds)
+            self.stats.request(slot.index, outcome, seconds, server_error)
 
     def _admit(self, key: str, index: int, inputs: Tensors, urgency: Urgency) -> None:
         """Count the request in, or refuse it: the queue bound of its level (admission.py),

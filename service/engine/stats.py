@@ -11,9 +11,11 @@ the differences of two reads by the successes to report server-side time per req
 import ctypes
 import multiprocessing as mp
 import time
-from typing import Literal
+from bisect import bisect_left
+from typing import Literal, NamedTuple
 
 from ..admission import Cost
+from ..traffic import LATENCY_BUCKETS, Answers
 from .locks import ProcessLock
 
 MAX_WORKERS = 64  # inference workers per model version that can count (each has its own cells)
@@ -31,7 +33,27 @@ class RequestCells(ctypes.Structure):
         ("cache_hit_ns", ctypes.c_uint64),
         ("cache_miss_count", ctypes.c_uint64),  # ... that did not: lookup and insertion time
         ("cache_miss_ns", ctypes.c_uint64),
+        # for judging a canary (traffic.py): the 5xx answers, and answers per latency bucket
+        ("server_error_count", ctypes.c_uint64),
+        ("latency_buckets", ctypes.c_uint64 * (len(LATENCY_BUCKETS) + 1)),
+        # this version as a shadow of the serving ones (shadow.py): comparisons by result,
+        # and the largest absolute difference of an output seen
+        ("shadow_agree", ctypes.c_uint64),
+        ("shadow_disagree", ctypes.c_uint64),
+        ("shadow_error", ctypes.c_uint64),
+        ("shadow_dropped", ctypes.c_uint64),
+        ("shadow_max_difference", ctypes.c_double),
     ]
+
+
+class ShadowCounts(NamedTuple):
+    """A shadow version's comparisons so far (shadow.py)."""
+
+    agree: int
+    disagree: int
+    error: int
+    dropped: int
+    max_difference: float
 
 
 class BatchCells(ctypes.Structure):
@@ -52,11 +74,9 @@ class BatchCells(ctypes.Structure):
     ]
 
 
+TRITON_REQUESTS = tuple(f"{kind}_{unit}" for kind in ("success", "fail", "cache_hit", "cache_miss")
+                        for unit in ("count", "ns"))  # fmt: skip
 COUNTED = ("queue_count", "queue_ns", "compute_ns", "inference_count", "execution_count")
-
-
-def _fields(cells: type[ctypes.Structure]) -> list[str]:
-    return [name for name, _ in cells._fields_]
 
 
 class Stats:
@@ -79,9 +99,16 @@ class Stats:
         for worker in range(MAX_WORKERS):
             self.batches[slot * MAX_WORKERS + worker] = BatchCells()
 
-    def request(self, slot: int, outcome: Literal["success", "fail"], seconds: float) -> None:
-        """One inference request answered (HTTP side)."""
+    def request(
+        self,
+        slot: int,
+        outcome: Literal["success", "fail"],
+        seconds: float,
+        server_error: bool = False,
+    ) -> None:
+        """One inference request answered (HTTP side); `server_error`: with a 5xx."""
         cells = self.requests[slot]  # a view of the shared memory
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)  # Prometheus's le: bound >= seconds
         with self.requests_lock:
             if outcome == "success":
                 cells.success_count += 1
@@ -89,6 +116,36 @@ class Stats:
             else:
                 cells.fail_count += 1
                 cells.fail_ns += int(seconds * 1e9)
+            cells.server_error_count += server_error
+            cells.latency_buckets[bucket] += 1
+
+    def answers(self, slot: int) -> Answers:
+        """The version's answers since it took the slot, for judging it as a canary."""
+        with self.requests_lock:
+            cells = self.requests[slot]
+            return Answers(
+                cells.success_count + cells.fail_count,
+                cells.server_error_count,
+                tuple(cells.latency_buckets),
+            )
+
+    def shadowed(self, slot: int, result: str, difference: float = 0.0) -> None:
+        """One shadow comparison of the version in `slot`: agree, disagree, error or dropped."""
+        cells = self.requests[slot]
+        with self.requests_lock:
+            setattr(cells, f"shadow_{result}", getattr(cells, f"shadow_{result}") + 1)
+            cells.shadow_max_difference = max(cells.shadow_max_difference, difference)
+
+    def shadow_counts(self, slot: int) -> ShadowCounts:
+        with self.requests_lock:
+            c = self.requests[slot]
+            return ShadowCounts(
+                c.shadow_agree,
+                c.shadow_disagree,
+                c.shadow_error,
+                c.shadow_dropped,
+                c.shadow_max_difference,
+            )
 
     def cache(self, slot: int, hit: bool, seconds: float) -> None:
         """One response cache lookup (HTTP side): for a miss, its lookup and insertion."""
@@ -137,7 +194,7 @@ class Stats:
         """Every field, the workers' added up (the latest inference: their latest)."""
         with self.requests_lock:
             cells = self.requests[slot]
-            totals = {name: getattr(cells, name) for name in _fields(RequestCells)}
+            totals = {name: getattr(cells, name) for name in TRITON_REQUESTS}
         workers = self.batches[slot * MAX_WORKERS : (slot + 1) * MAX_WORKERS]
         for name in (*COUNTED, "last_inference_ms"):
             column = [getattr(cells, name) for cells in workers]

@@ -22,12 +22,13 @@ import time
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..traffic import MAX_WEIGHTED, Shadow
 from .locks import ProcessLock
 
 CAPACITY = 64  # versions with workers at once, across every model
 MODEL_CAPACITY = 256  # models ever named while the server runs
 NAME_BYTES = 128  # the longest model name, in UTF-8
-NOTE_BYTES = 1024  # the longest reason kept for a failed load
+NOTE_BYTES = 1024  # the longest reason kept for a failed load or a rollback
 
 
 def version_key(model: str, version: int) -> str:
@@ -86,6 +87,13 @@ class ModelCells(ctypes.Structure):
         ("answered_ok", ctypes.c_int64),
         ("failed", ctypes.c_int64),  # the version that last failed to load
         ("reason", ctypes.c_char * NOTE_BYTES),  # why, NUL-terminated
+        # the traffic weights of unversioned requests (traffic.py): count, versions, weights
+        ("weighted", ctypes.c_int64),
+        ("weight_versions", ctypes.c_int64 * MAX_WEIGHTED),
+        ("weight_values", ctypes.c_int64 * MAX_WEIGHTED),
+        ("rollback", ctypes.c_char * NOTE_BYTES),  # why a canary was last rolled back
+        ("shadow_version", ctypes.c_int64),  # the shadow version (shadow.py); 0: none
+        ("shadow_fraction", ctypes.c_double),  # the share of answered requests it computes
     ]
 
 
@@ -213,6 +221,45 @@ class VersionTable:
             await asyncio.sleep(0.05)
         ok = bool(cells.answered_ok)
         return Outcome(ok, "" if ok else self.failure(model)[1])
+
+    # -- traffic weights, shared by the HTTP processes and the main process -----------------
+
+    def weights(self, model: str) -> dict[int, int]:
+        """{version: weight} for the model's unversioned requests; empty: none set."""
+        cells = self._model(model)
+        with self.cells_lock:
+            count = cells.weighted
+            return dict(
+                zip(cells.weight_versions[:count], cells.weight_values[:count], strict=True)
+            )
+
+    def set_weights(self, model: str, weights: dict[int, int], rollback: str = "") -> None:
+        """Replace the model's weights (at most MAX_WEIGHTED), noting why when a canary was
+        rolled back; every process routes by them once it sees the new generation."""
+        cells = self._model(model)
+        with self.cells_lock:
+            for i, (version, weight) in enumerate(weights.items()):
+                cells.weight_versions[i], cells.weight_values[i] = version, weight
+            cells.weighted = len(weights)
+            cells.rollback = rollback.encode()[: NOTE_BYTES - 1]
+            self.generation.value += 1
+
+    def shadow(self, model: str) -> Shadow | None:
+        """The model's shadow version and the fraction of requests it computes; None: none."""
+        cells = self._model(model)
+        with self.cells_lock:
+            version, fraction = cells.shadow_version, cells.shadow_fraction
+        return Shadow(version, fraction) if version else None
+
+    def set_shadow(self, model: str, shadow: Shadow | None) -> None:
+        cells = self._model(model)
+        with self.cells_lock:
+            cells.shadow_version, cells.shadow_fraction = shadow or (0, 0.0)
+            self.generation.value += 1
+
+    def rollback(self, model: str) -> str:
+        """Why a canary of the model was last rolled back, since its weights were last set."""
+        return self._model(model).rollback.decode(errors="replace")
 
     # -- failed loads ----------------------------------------------------------------------
 

@@ -61,20 +61,21 @@ def measure(args, model: str) -> list[dict]:
             for side, kw in settings.items()
         }
         for c in args.concurrency:
-            got: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
+            got: dict[str, list[tuple[float, float, float]]] = {side: [] for side in SIDES}
             for url in urls.values():
                 wrk(url, body, headers, c, 1)  # warm
             for n in range(args.rounds):
                 for side in SIDES if n % 2 == 0 else SIDES[::-1]:
-                    rps, p50, _, _ = wrk(urls[side], body, headers, c, args.duration)
-                    got[side].append((rps, p50))
+                    rps, p50, p99, _ = wrk(urls[side], body, headers, c, args.duration)
+                    got[side].append((rps, p50, p99))
             ratios = [c_[0] / d[0] for c_, d in zip(got["changed"], got["default"], strict=True)]
             row = {"model": model, "protocol": protocol, "concurrency": c}
             for side in SIDES:
                 row[side] = {
-                    "rps": statistics.median(r for r, _ in got[side]),
-                    "p50_ms": statistics.median(p for _, p in got[side]),
-                    "rps_rounds": [r for r, _ in got[side]],
+                    "rps": statistics.median(r for r, _, _ in got[side]),
+                    "p50_ms": statistics.median(p for _, p, _ in got[side]),
+                    "p99_ms": statistics.median(p for _, _, p in got[side]),
+                    "rps_rounds": [r for r, _, _ in got[side]],
                 }
             row["rps_ratio"] = statistics.median(ratios)
             rows.append(row)
@@ -99,23 +100,29 @@ def title(args) -> str:
     return f"tensorgate at {commit(args.baseline)} (default) against {this}, {commit(None)}"
 
 
+def cell(side: dict) -> str:
+    return f"{side['rps']:,.0f} ({side['p50_ms']:.3f} / {side['p99_ms']:.3f})"
+
+
 def report(rows: list[dict], args) -> str:
     lines = [
         f"# {title(args)}",
         "",
         f"`python -m benchmarks.paired`, {time.strftime('%Y-%m-%d')}; {machine()}. Both "
         f"services up at once; {args.rounds} alternating rounds of {args.duration:g} s per "
-        "cell, wrk sharing the cores. Cells: median req/s (median p50 ms); the ratio is the "
-        "median of the rounds' paired ratios, changed / default.",
+        "cell, wrk sharing the cores. Cells: median req/s (median p50 / p99 ms); the req/s "
+        "ratio is the median of the rounds' paired ratios, changed / default; the latency "
+        "ratios are the medians', changed / default.",
         "",
-        "| model | connections | default | changed | req/s ratio |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | connections | default | changed | req/s ratio | p50 ratio | p99 ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         d, c = r["default"], r["changed"]
         lines.append(
-            f"| {r['model']} {r['protocol']} | {r['concurrency']} | {d['rps']:,.0f} "
-            f"({d['p50_ms']:.3f}) | {c['rps']:,.0f} ({c['p50_ms']:.3f}) | {r['rps_ratio']:.2f}x |"
+            f"| {r['model']} {r['protocol']} | {r['concurrency']} | {cell(d)} | {cell(c)} | "
+            f"{r['rps_ratio']:.2f}x | {c['p50_ms'] / d['p50_ms']:.2f}x | "
+            f"{c['p99_ms'] / d['p99_ms']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 

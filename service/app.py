@@ -46,6 +46,10 @@ def add_error_handlers(app: FastAPI) -> None:
     """Every error answers {"error": "..."} (the V2 convention), never FastAPI's {"detail"}."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+            # Starlette's Allow names the first route matching the path; a path may have more
+            allowed = allowed_methods(app, request.scope)
+            exc = MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         return to_response(exc, request.method, request.url.path)
 
     for kind in (ServiceError, StarletteHTTPException, RequestValidationError, Exception):
@@ -154,7 +158,14 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         await plane.model_control(model, Action.UNLOAD, request.headers)
         return {}
 
-    @app.get("/v2/repository/models/{model}/traffic", tags=["repository"], response_model=Traffic)
+    unknown_model = {404: {"model": Error, "description": "no such model"}}
+
+    @app.get(
+        "/v2/repository/models/{model}/traffic",
+        tags=["repository"],
+        response_model=Traffic,
+        responses=unknown_model,
+    )
     async def traffic(request: Request, model: str) -> dict:
         """How the model's requests that name no version are split among its versions, why a
         canary was last rolled back, and its shadow version's comparisons so far."""
@@ -166,7 +177,10 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
         "/v2/repository/models/{model}/traffic",
         tags=["repository"],
         response_model=Traffic,
-        responses={400: {"model": Error, "description": "model control not explicit; bad body"}},
+        responses={
+            400: {"model": Error, "description": "model control not explicit; bad body"},
+            **unknown_model,
+        },
         openapi_extra={"requestBody": {"required": True, "content": change}},
     )
     async def set_traffic(request: Request, model: str) -> dict:
@@ -193,16 +207,16 @@ def add_server_routes(app: FastAPI, plane: DataPlane) -> None:
     # Registered after every other route, so they answer only what no route matched.
     async def unknown(request: Request, model: str) -> Response:
         name = model.split(":", 1)[0]
-        if name not in plane.models and not allowed_methods(app, request.scope, unknown):
+        if name not in plane.models and not allowed_methods(app, request.scope):
             # NotFound, naming the served models only to who may read metadata (a readiness
             # probe carries no key, so it gets the plain 404 the model's own probe route
             # would give); or a model added while serving, whose routes are added now
             probe = request.method == "GET" and request.url.path.endswith("/ready")
             plane.model(name, None if probe else request.headers)
-            route = matching_route(app, request.scope, unknown)
+            route = matching_route(app, request.scope)
             if route is not None:
                 return await answer_with(route, request)
-        allowed = allowed_methods(app, request.scope, unknown)
+        allowed = allowed_methods(app, request.scope)
         if allowed:
             raise MethodNotAllowed(f"{request.method} {request.url.path}", allowed)
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
@@ -236,11 +250,15 @@ def add_model_routes(
     app.openapi_schema = None
 
 
-def matching_route(app: FastAPI, scope: dict, catch_all: object) -> APIRoute | None:
+def ours(route: object) -> bool:
+    """A route of the app's own, not a catch-all."""
+    return isinstance(route, APIRoute) and route.path not in CATCH_ALL
+
+
+def matching_route(app: FastAPI, scope: dict) -> APIRoute | None:
     """The route other than the catch-all that takes this request, if one does now."""
     for route in app.router.routes:
-        ours = isinstance(route, APIRoute) and route.endpoint is not catch_all
-        if ours and route.matches(scope)[0] == Match.FULL:
+        if ours(route) and route.matches(scope)[0] == Match.FULL:
             return route
     return None
 
@@ -252,12 +270,12 @@ async def answer_with(route: APIRoute, request: Request) -> Response:
     return answer if isinstance(answer, Response) else JSONResponse(answer)
 
 
-def allowed_methods(app: FastAPI, scope: dict, catch_all: object) -> list[str]:
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
     """The methods the app's routes take at this request's path, other methods being asked:
     one rule for every route, so a wrong method is a 405 naming them, not a 404."""
     found: set[str] = set()
     for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.endpoint is not catch_all:
+        if ours(route):
             match, _ = route.matches(scope)
             if match == Match.PARTIAL:  # the path matches, the method does not
                 found |= route.methods

@@ -117,24 +117,9 @@ def test_the_grpc_benchmark_drives_both_protocols_with_one_driver(exported, tmp_
 
 
 @pytest.mark.tools("wrk")
-def test_the_paired_benchmark_sets_the_setting_on_one_side_only(exported, tmp_path):
-    out = tmp_path / "spin.md"
-    command = [sys.executable, "-m", "benchmarks.paired", "--set", "worker_spin=0.002",
-               "--models", "mlp", "--concurrency", "1", "--rounds", "2", "--duration", "1",
-               "--repository", str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    [row] = json.loads(out.with_suffix(".json").read_text())
-    for side in ("default", "changed"):
-        assert len(row[side]["rps_rounds"]) == 2 and row[side]["p50_ms"] > 0
-    assert row["rps_ratio"] > 0
-    assert "`TENSORGATE_WORKER_SPIN=0.002`" in out.read_text()
-    logs = [p.read_text() for p in tmp_path.glob("service-*.log")]
-    assert sum("polling 2 ms for each next request" in log for log in logs) == 1
-
-
-@pytest.mark.tools("wrk")
-def test_the_paired_benchmark_runs_the_baseline_side_from_the_other_checkout(exported, tmp_path):
+def test_the_paired_benchmark_runs_the_baseline_from_the_other_checkout_and_sets_one_side(
+    exported, tmp_path
+):
     root = Path(__file__).resolve().parents[1]
     base = tmp_path / "base"
     git = ["git", "-C", str(root)]
@@ -144,7 +129,7 @@ def test_the_paired_benchmark_runs_the_baseline_side_from_the_other_checkout(exp
         main.write_text('print("baseline checkout", flush=True)\n' + main.read_text())
         out = tmp_path / "base.md"
         command = [sys.executable, "-m", "benchmarks.paired", "--baseline", str(base),
-                   "--models", "mlp", "--concurrency", "1", "--rounds", "2", "--duration", "1",
+                   "--set", "worker_spin=0.002", "--models", "mlp", "--concurrency", "1", "--rounds", "2", "--duration", "1",
                    "--repository", str(exported), "--logs", str(tmp_path), "--out", str(out)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -152,11 +137,16 @@ def test_the_paired_benchmark_runs_the_baseline_side_from_the_other_checkout(exp
         subprocess.run([*git, "worktree", "remove", "--force", str(base)], check=True)
     logs = [p.read_text() for p in tmp_path.glob("service-*.log")]
     assert len(logs) == 2 and sum("baseline checkout" in log for log in logs) == 1
+    changed = [log for log in logs if "polling 2 ms for each next request" in log]
+    assert len(changed) == 1 and "baseline checkout" not in changed[0]  # the setting: one side
     head = subprocess.run([*git, "log", "-1", "--format=%h"], capture_output=True, text=True)
     title = out.read_text().splitlines()[0]
     assert title.startswith(f"# tensorgate at {head.stdout.strip()} ") and "(default)" in title
+    assert title.endswith("with `TENSORGATE_WORKER_SPIN=0.002`, " + head.stdout.strip())
     [row] = json.loads(out.with_suffix(".json").read_text())
-    assert row["rps_ratio"] > 0
+    for side in ("default", "changed"):
+        assert len(row[side]["rps_rounds"]) == 2 and 0 < row[side]["p50_ms"] <= row[side]["p99_ms"]
+    assert row["rps_ratio"] > 0 and "| p99 ratio |" in out.read_text()
 
 
 @pytest.mark.tools("wrk")

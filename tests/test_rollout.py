@@ -1,10 +1,14 @@
 """Canary and shadow traffic between versions of one model, served for real: mlp version 1,
-version 2 trained with another seed, and version 3 exported again from version 1's
-checkpoint (the same model). Weights route the requests that name no version, a canary that
+version 2 trained with another seed, and version 3 holding version 1's files (the same
+model). Weights route the requests that name no version, a canary that
 answers 5xx is rolled back, and a shadow's comparisons match what the two versions compute."""
 
+import json
+import re
+import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +17,20 @@ from helpers import INPUT_NAME, direct, rows, v2_json
 
 from export.pipeline import export_model
 from load_tests.servers import running_service
-from training.checkpoint import CHECKPOINT_NAME
 
 TRAFFIC = "/v2/repository/models/mlp/traffic"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def rollout(full_runs, other_mlp, tmp_path_factory):
+def rollout(exported, other_mlp, tmp_path_factory):
     repository = tmp_path_factory.mktemp("rollout-repository")
-    runs, _ = full_runs
-    export_model(runs / "mlp" / CHECKPOINT_NAME, repository, progress=False)  # 1
+    shutil.copytree(exported / "mlp" / "1", repository / "mlp" / "1")
     export_model(other_mlp, repository, progress=False)  # 2
-    export_model(runs / "mlp" / CHECKPOINT_NAME, repository, progress=False)  # 3: 1 again
+    same = repository / "mlp" / "3"  # version 1's files, as version 3
+    shutil.copytree(repository / "mlp" / "1", same)
+    manifest = json.loads((same / "manifest.json").read_text())
+    (same / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
     settings = {
         "version_policy": "mlp:all",
         "model_control": "explicit",
@@ -135,6 +141,21 @@ def test_a_shadow_of_the_same_model_agrees_and_another_training_run_disagrees(ro
         "tensorgate_shadow_comparisons_total", model="mlp", version="2", result="disagree"
     )
     assert metric == expected.sum()
+
+
+def test_the_dashboards_rollout_panels_read_metrics_the_service_exposes(rollout):
+    dashboard = (ROOT / "deploy" / "grafana" / "dashboards" / "tensorgate.json").read_text()
+    rollout_panels = [
+        p for p in json.loads(dashboard)["panels"] if p["title"].startswith("Rollout")
+    ]
+    named = set(re.findall(r"\btensorgate_[a-z_]+\b", json.dumps(rollout_panels)))
+    assert "tensorgate_shadow_comparisons_total" in named and len(rollout_panels) == 4
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in rollout.get("/metrics").text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert named <= exposed, named - exposed
 
 
 @pytest.mark.parametrize(

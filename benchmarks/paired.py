@@ -4,7 +4,8 @@ reverses the order), so that the machine's drift hits both alike; the ratio is t
 the rounds' paired ratios. For a change that moves throughput by a few percent, where `make
 bench`'s rounds, minutes apart, spread by 10-30 % on a shared VM.
 
-    python -m benchmarks.paired [--set worker_spin=0.0005] [--models mlp resnet-cifar]
+    python -m benchmarks.paired [--set worker_spin=0.0005] [--common NAME=VALUE ...]
+        [--models mlp resnet-cifar]
         [--concurrency 1 2 4 8 16 64] [--rounds 8] [--duration 2]
         [--out docs/benchmarks/worker-spin.md]
     git worktree add /tmp/base HEAD~3
@@ -47,7 +48,8 @@ def setting(text: str) -> tuple[str, str]:
 def measure(args, model: str) -> list[dict]:
     protocol = PROTOCOL[model]
     body, headers = bodies(args, model)[protocol]
-    settings = {"default": {}, "changed": dict(args.set)}
+    common = dict(args.common)
+    settings = {"default": common, "changed": {**common, **dict(args.set)}}
     checkouts = {"default": args.baseline, "changed": None}
     rows = []
     with ExitStack() as stack:
@@ -94,6 +96,9 @@ def commit(checkout: Path | None) -> str:
 
 def title(args) -> str:
     changed = ", ".join(f"`TENSORGATE_{k.upper()}={v}`" for k, v in args.set)
+    if args.common:
+        both = ", ".join(f"`TENSORGATE_{k.upper()}={v}`" for k, v in args.common)
+        changed += f" (both sides: {both})"
     if args.baseline is None:
         return f"tensorgate's defaults against {changed}"
     this = "this checkout" + (f" with {changed}" if changed else "")
@@ -135,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         type=setting,
         help="settings of the changed side (default: worker_spin=0.0005; none with --baseline)",
+    )
+    parser.add_argument(
+        "--common",
+        nargs="*",
+        type=setting,
+        default=[],
+        help="settings of both sides, e.g. version_policy=mlp:all to serve two versions on each",
     )
     parser.add_argument(
         "--baseline",

@@ -62,9 +62,10 @@ class Shadowing:
     def __init__(self, engine: Engine, timeout: float) -> None:
         self.engine, self.timeout = engine, timeout
         self.tasks: set[asyncio.Task] = set()  # held, or the event loop may drop them
+        self._children: dict[tuple[str, int, str], tuple] = {}  # the metrics' labelled children
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "tasks": set()}
+        return {**self.__dict__, "tasks": set(), "_children": {}}
 
     def offer(self, model: ModelVersions, answered: ServedModel, inputs: Tensors, outputs: Tensors):
         """Send a copy of an answered request to the model's shadow, if it is sampled."""
@@ -106,9 +107,15 @@ class Shadowing:
         self._count(target.name, target.version, "agree" if agree else "disagree", difference)
 
     def _count(self, model: str, version: int, result: str, difference: float = 0.0) -> None:
-        SHADOW_COMPARISONS.labels(model, str(version), result).inc()
+        children = self._children.get((model, version, result))
+        if children is None:  # labels() is a lookup per call: kept, made on first use
+            children = self._children[(model, version, result)] = (
+                SHADOW_COMPARISONS.labels(model, str(version), result),
+                SHADOW_DIFFERENCE.labels(model, str(version)),
+            )
+        children[0].inc()
         if result in ("agree", "disagree"):
-            SHADOW_DIFFERENCE.labels(model, str(version)).observe(difference)
+            children[1].observe(difference)
         slot = self.engine.slot(version_key(model, version))
         if slot is not None:
             self.engine.stats.shadowed(slot.index, result, difference)

@@ -27,7 +27,7 @@ from artifacts.runtimes import Tensors
 
 from .admission import Urgency, unwaited
 from .engine import Engine, version_key
-from .errors import Overloaded, ServiceError
+from .errors import ServiceError
 from .metrics import SHADOW_COMPARISONS, SHADOW_DIFFERENCE
 from .repository import ServedModel
 from .served import ModelVersions
@@ -154,7 +154,9 @@ class Shadowing:
         except Exception as e:  # anything: a copy's failure never reaches a client
             if not isinstance(e, ServiceError):
                 logger.warning("shadow %s failed: %s", target.key, e)
-            result = "dropped" if isinstance(e, Overloaded) else "error"
+            # refused (full, draining, restarting, retired): dropped; else it failed
+            refused = isinstance(e, ServiceError) and e.status == 503
+            result = "dropped" if refused else "error"
             for _ in copies.inputs:
                 self._count(target.name, target.version, result)
             return

@@ -12,7 +12,7 @@ from service.engine import State, VersionTable
 from service.engine.stats import Stats
 from service.rollback import CanaryWatch
 from service.settings import Settings
-from service.shadow import compare
+from service.shadow import Copies, compare
 from service.traffic import (
     LATENCY_BUCKETS,
     Answers,
@@ -198,3 +198,19 @@ def test_other_outputs_agree_within_the_export_tolerance():
     assert compare([a], [a[:1]], labels=0).difference == math.inf
     ints = np.array([1, 2], np.int64)
     assert compare([ints], [ints], labels=0) == (True, 0.0)
+
+
+def test_shadow_copies_go_as_one_batch_and_come_back_per_copy():
+    copies = Copies(target=None, labels=2, urgency=None)  # only their tensors matter here
+    first = [np.zeros((1, 3), np.float32), np.zeros((1,), np.int64)]
+    second = [np.ones((2, 3), np.float32), np.ones((2,), np.int64)]
+    copies.add(first, [np.zeros((1, 2), np.float32)])
+    copies.add(second, [np.ones((2, 2), np.float32)])
+    assert copies.instances == 3
+    joined = copies.joined()
+    assert [a.shape for a in joined] == [(3, 3), (3,)]
+    computed = [np.arange(6, dtype=np.float32).reshape(3, 2)]
+    assert [[a.tolist() for a in part] for part in copies.split(computed)] == [
+        [[[0.0, 1.0]]],
+        [[[2.0, 3.0], [4.0, 5.0]]],
+    ]

@@ -440,8 +440,8 @@ class DataPlane:
             latency.observe(took)
             if served is not None:
                 outcome = "success" if call.error is None else "fail"
-                server_error = getattr(call.error, "status", 500) >= 500 if call.error else False
-                self.engine.record(served.key, outcome, took, server_error)
+                failed = call.error is not None and getattr(call.error, "status", 500) >= 500
+                self.engine.record(served.key, outcome, took, server_error=failed)
 
     def _metrics(self, name: str, transport: Transport, code: str, version: int) -> tuple:
         """(requests counter, latency histogram) children for these labels."""

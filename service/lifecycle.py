@@ -87,6 +87,13 @@ class Lifecycle:
         self.next_poll = time.monotonic() + self.settings.repository_poll
         for model in self.policies:
             self._route(model)
+        named = {*self.settings.traffic_weights, *self.settings.shadows}
+        for model in sorted(named - set(self.policies)):
+            logger.warning(
+                "TENSORGATE_TRAFFIC or TENSORGATE_SHADOW names model '%s', which is not served; "
+                "it applies if the model is added while serving",
+                model,
+            )
 
     def step(self, server: EngineServer) -> None:
         polled = self.settings.model_control == "poll" and time.monotonic() >= self.next_poll

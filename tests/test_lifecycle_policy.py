@@ -113,3 +113,14 @@ def test_an_explicit_unload_retires_every_version_and_answers(serving):
     lifecycle.step(server)
     assert states(table) == {1: State.RETIRING} and table.is_unloaded(MODEL)
     assert asyncio.run(table.outcome(MODEL, request, timeout=0)) == (True, "")
+
+
+def test_the_settings_weights_and_shadow_are_in_the_table_before_anything_serves(tmp_path, caplog):
+    settings = Settings(
+        repository=tmp_path, traffic=f"{MODEL}:1=3,2=1,absent:1=1", shadow=f"{MODEL}:3@0.5"
+    )
+    table = VersionTable([MODEL])
+    Lifecycle(settings, table, {MODEL: VersionPolicy("latest")}, lambda m, s: (m, s), {MODEL: ()})
+    assert table.weights(MODEL) == {1: 3, 2: 1}
+    assert table.shadow(MODEL) == (3, 0.5)
+    assert "names model 'absent', which is not served" in caplog.text

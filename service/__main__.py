@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .settings import LOG_FORMAT, Settings, describe, from_command_line
+from .logs import configure
+from .settings import Settings, describe, from_command_line
 
 logger = logging.getLogger("tensorgate")
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"invalid settings:\n{describe(e)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    configure(settings.log_level, settings.log_format)
     with metrics_dir():
         return serve(settings)
 
@@ -87,6 +88,7 @@ def serve(settings: Settings) -> int:
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
             access_log=settings.access_log,
+            log_config=None,  # uvicorn's loggers go through the root one, in our format
             http=guarded_protocol(
                 ConnectionLimits(settings.max_header_bytes, settings.read_timeout)
             ),

@@ -34,7 +34,11 @@ class ModelAPI(LitAPI):
             batch_timeout=model.batch_timeout,
             spec=spec,  # the model's ModelRoutes for its highest version, else a VersionSpec
             loop=WorkerLoop(
-                engine.token, model.key, settings.log_level, engine.stats, settings.worker_spin
+                engine.token,
+                model.key,
+                (settings.log_level, settings.log_format),
+                engine.stats,
+                settings.worker_spin,
             ),
         )
         self.model = model

@@ -21,6 +21,7 @@ from artifacts.manifest import DEFAULT_REPOSITORY, Backend
 
 from .admission import MAX_PRIORITY_LEVELS, Priorities
 from .host import usable_cores
+from .logs import LogFormat
 from .traffic import Limits, Shadow, Weights, parse_shadows, parse_traffic
 
 # LitServe binds only these (LitServer.run refuses any other host).
@@ -28,7 +29,6 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 # Small requests are bound by the HTTP processes' Python, so more of them serve more
 # (docs/benchmarks/history.md has the figures); past a few, the workers need the cores.
 MAX_DEFAULT_API_SERVERS = 4
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the main process's and the workers' logs
 
 
 CLI_OPTIONS = {
@@ -205,6 +205,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level, in any case"
+    )
+    log_format: LogFormat = Field(
+        "text",
+        description="text, or json: one JSON object per line for every record of every "
+        'process ("time", "level", "logger", "process", "message", "exc_info")',
     )
     access_log: bool = Field(
         False,
@@ -408,9 +413,12 @@ METAVARS = {
     "version_policy": "POLICIES",
     "priority_levels": "LEVELS",
     "response_cache": "SIZES",
+    "traffic": "WEIGHTS",
+    "shadow": "SHADOWS",
+    "canary_max_error_rate": "SHARE",
     "api_key": "KEY",
 }
-TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every float setting is in seconds
+TYPE_METAVARS = {int: "N", float: "SECONDS"}  # every other float setting is in seconds
 
 
 def env_name(field: str) -> str:

@@ -1,6 +1,6 @@
-"""Canary and shadow traffic between versions of one model, served for real: mlp version 1,
-version 2 trained with another seed, and version 3 holding version 1's files (the same
-model). Weights route the requests that name no version, a canary that
+"""Canary and shadow traffic between versions of one model, served for real (logging in
+JSON): mlp version 1, version 2 trained with another seed, and version 3 holding version 1's
+files (the same model). Weights route the requests that name no version, a canary that
 answers 5xx is rolled back, and a shadow's comparisons match what the two versions compute."""
 
 import json
@@ -38,6 +38,7 @@ def rollout(exported, other_mlp, tmp_path_factory):
         "shadow": "mlp:3@1",
         "canary_max_error_rate": 0.05,
         "canary_window": 5,
+        "log_format": "json",
     }
     with running_service(repository, tmp_path_factory.mktemp("logs"), **settings) as service:
         yield service
@@ -99,7 +100,11 @@ def test_a_canary_answering_5xx_is_rolled_back_and_the_log_says_why(rollout):
     assert traffic["rollback"].startswith("version 2: ") and "were 5xx" in traffic["rollback"]
     assert rollout.metric("tensorgate_traffic_weight", model="mlp", version="2") == 0
     assert rollout.metric("tensorgate_canary_rollbacks_total", model="mlp", version="2") == 1
-    assert "model 'mlp' version 2 rolled back to weight 0" in rollout.log.read_text()
+    records = [json.loads(line) for line in rollout.log.read_text().splitlines()]  # all JSON
+    [rolled] = [r for r in records if r["logger"] == "service.rollback"]
+    assert rolled["level"] == "WARNING" and rolled["process"] == rollout.process.pid
+    assert rolled["message"].startswith("model 'mlp' version 2 rolled back to weight 0: ")
+    assert {r["logger"].split(".")[0] for r in records} >= {"service", "uvicorn", "litserve"}
     assert versions_answering(rollout, 50) == {"1": 50}
 
 

@@ -18,6 +18,7 @@ A different LitServe is refused here, naming the fix, before any of these names 
 
 import asyncio
 import copy
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -268,6 +269,12 @@ class ServerHooks(LitServer):
         self.app_built(app)
 
     def _start_server(self, port, num_servers, log_level, sockets, kind, **kwargs):
+        # LitServer.run gave LitServe's logger a handler and format of its own: its records
+        # go through the root logger instead, in the service's format (text or JSON)
+        litserve_logger = logging.getLogger("litserve")
+        for handler in litserve_logger.handlers[:]:
+            litserve_logger.removeHandler(handler)
+        litserve_logger.propagate = True
         self._http_args = HttpArgs(port, log_level, sockets, kind, kwargs)
         workers = super()._start_server(port, num_servers, log_level, sockets, kind, **kwargs)
         self.http_started(sockets)

@@ -26,8 +26,8 @@ from typing import NamedTuple, Protocol
 from ..admission import Cost
 from ..errors import DeadlineExceeded, InferenceFailed, ServiceError
 from ..host import usable_cores
+from ..logs import LogFormat, configure
 from ..metrics import BATCH_DISPATCH, DISPATCH_REASONS, QUEUE_DURATION, REJECTIONS
-from ..settings import LOG_FORMAT
 from .batching import BatchingPolicy
 from .lit import EngineLoop
 from .parent import exit_with_parent
@@ -121,9 +121,12 @@ class Taken(NamedTuple):
 class WorkerLoop(EngineLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
-    def __init__(self, token: str, model: str, log_level: str, stats: Stats, spin: float) -> None:
+    def __init__(
+        self, token: str, model: str, logs: tuple[str, LogFormat], stats: Stats, spin: float
+    ) -> None:
+        """`logs`: the level and format of the worker's logs (logs.configure)."""
         super().__init__()
-        self.token, self.model, self.log_level, self.stats = token, model, log_level, stats
+        self.token, self.model, self.logs, self.stats = token, model, logs, stats
         self.spin = spin
         self.parent = os.getpid()  # made in the main process, called in the worker
 
@@ -132,9 +135,7 @@ class WorkerLoop(EngineLoop):
         # once the HTTP processes have answered everything they accepted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         exit_with_parent(self.parent)
-        logging.basicConfig(  # a spawned process does not inherit the main one's logging
-            level=self.log_level.upper(), format=LOG_FORMAT, force=True
-        )
+        configure(*self.logs)  # a spawned process does not inherit the main one's logging
         addr = address(self.token, self.model, worker_id)
         worker = Worker(lit_api, addr, self.stats, worker_id, self.spin)
         listening()  # LitServe said READY before this loop began; traffic may come from now on

@@ -80,6 +80,7 @@ class Lifecycle:
     loading: dict[int, ServedModel] = field(default_factory=dict)  # slot -> version
     failed: dict[tuple[str, int], int] = field(default_factory=dict)  # -> stamp at failure
     asks: dict[str, Ask] = field(default_factory=dict)  # model -> its load being answered
+    unnamed: set[str] = field(default_factory=set)  # folders the table refused a name
     canaries: CanaryWatch | None = None  # rolls canaries back (TENSORGATE_CANARY_*)
     next_poll: float = 0.0
 
@@ -119,12 +120,15 @@ class Lifecycle:
         """Name in the table each model folder with a complete version that it lacks."""
         repository = self.settings.repository
         for name in model_folders(repository):
-            if name in self.table.models or not versions(repository / name):
+            if name in self.table.models or name in self.unnamed:
+                continue
+            if not versions(repository / name):
                 continue
             try:
                 self.table.add_model(name)
             except (ValueError, RuntimeError) as e:
                 logger.error("model folder '%s' not served: %s", name, e)
+                self.unnamed.add(name)  # said once, not every poll
 
     def _adopt(self) -> None:
         """Take on the models named since the last round (by the poller, or by an HTTP

@@ -124,3 +124,13 @@ def test_the_settings_weights_and_shadow_are_in_the_table_before_anything_serves
     assert table.weights(MODEL) == {1: 3, 2: 1}
     assert table.shadow(MODEL) == (3, 0.5)
     assert "names model 'absent', which is not served" in caplog.text
+
+
+def test_a_folder_the_table_cannot_name_is_logged_once_not_every_poll(serving, tmp_path, caplog):
+    lifecycle, table, server = serving("poll")
+    publish(tmp_path, 1, name="m" * 200)  # longer than a model name may be
+    for _ in range(3):
+        lifecycle.next_poll = 0
+        lifecycle.step(server)
+    assert caplog.text.count("not served: model name") == 1
+    assert table.models == [MODEL]

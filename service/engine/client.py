@@ -287,11 +287,7 @@ class Engine:
         and when it has a deadline of its own, the work ahead of it."""
         with self.counts_lock:
             admitted = self._admitted(index, MAX_PRIORITY_LEVELS)
-            bound = (
-                self.max_queue
-                if urgency.levels == 1
-                else queue_share(self.max_queue, urgency.level, urgency.levels)
-            )
+            bound = queue_share(self.max_queue, urgency.level, urgency.levels)
             if admitted >= bound:
                 raise Overloaded(self._full(key, admitted, bound, urgency))
             if urgency.own_deadline:

@@ -108,9 +108,20 @@ def test_a_canary_answering_5xx_is_rolled_back_and_the_log_says_why(rollout):
     assert versions_answering(rollout, 50) == {"1": 50}
 
 
+def settled(rollout) -> dict:
+    """The shadow's summary once no copy is left waiting or in flight (two reads 0.2 s apart
+    agree): copies of the requests a test sent before may still be counting."""
+    deadline, last = time.monotonic() + 10, None
+    while (now := rollout.get(TRAFFIC).json()["shadow"]) != last:
+        assert time.monotonic() < deadline, now
+        last = now
+        time.sleep(0.2)
+    return now
+
+
 def shadowed(rollout, x: np.ndarray) -> dict:
     """Send each row as its own request; the shadow's counts once all are compared."""
-    before = rollout.get(TRAFFIC).json()["shadow"]
+    before = settled(rollout)
     for row in x:
         answer = rollout.post("/v2/models/mlp/infer", json=v2_json(row[None]))
         assert answer.json()["model_version"] == "1"  # the shadow never answers

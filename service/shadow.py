@@ -101,7 +101,9 @@ class Shadowing:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "waiting": {}, "tasks": set(), "_children": {}}
 
-    def offer(self, model: ModelVersions, answered: ServedModel, inputs: Tensors, outputs: Tensors):
+    def offer(
+        self, model: ModelVersions, answered: ServedModel, inputs: Tensors, outputs: Tensors
+    ) -> None:
         """Queue a copy of an answered request for the model's shadow, if it is sampled."""
         shadow = model.shadow
         if shadow is None or answered.version == shadow.version:

@@ -38,13 +38,26 @@ class Shadow(NamedTuple):
     fraction: float
 
 
+def version_number(version: Any, where: str) -> int:
+    """A version given as 2 or "2", or ValueError."""
+    text = str(version)
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise ValueError(f"{where}: version {version!r} is not a version number (1, 2, ...)")
+    return int(text)
+
+
+def primary(weights: Mapping[int, int]) -> int | None:
+    """The weighted version that speaks for the model: the largest weight, on a tie the lower
+    version; None without a weight above 0."""
+    live = [(v, w) for v, w in weights.items() if w > 0]
+    return max(live, key=lambda p: (p[1], -p[0]))[0] if live else None
+
+
 def check_weights(weights: Mapping[Any, Any], where: str) -> Weights:
     """Version numbers to integer weights, or ValueError saying what is wrong."""
     checked: Weights = {}
     for version, weight in weights.items():
-        text = str(version)
-        if not (text.isascii() and text.isdigit() and int(text) > 0):
-            raise ValueError(f"{where}: version {version!r} is not a version number (1, 2, ...)")
+        text = str(version_number(version, where))
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise ValueError(f"{where}: the weight of version {text} must be an integer")
         if not 0 <= weight <= MAX_WEIGHT:
@@ -93,14 +106,12 @@ def parse_shadows(setting: list[str]) -> dict[str, Shadow]:
 
 
 def check_shadow(version: Any, fraction: Any, where: str) -> Shadow:
-    text = str(version)
-    if not (text.isascii() and text.isdigit() and int(text) > 0):
-        raise ValueError(f"{where}: version {version!r} is not a version number (1, 2, ...)")
+    number = version_number(version, where)
     if isinstance(fraction, bool) or not isinstance(fraction, int | float):
         raise ValueError(f"{where}: the fraction must be a number")
     if not 0 < fraction <= 1:
         raise ValueError(f"{where}: the fraction must be above 0 and at most 1")
-    return Shadow(int(text), float(fraction))
+    return Shadow(number, float(fraction))
 
 
 class Router:
@@ -115,7 +126,7 @@ class Router:
         self.weights = [w for _, w in weighted]
         self.bounds = list(accumulate(w for _, w in weighted))
         # the version that speaks for the model where one must (metadata, V1 status)
-        self.primary = max(weighted, key=lambda p: (p[1], -p[0]))[0] if weighted else None
+        self.primary = primary(dict(weighted))
 
     def pick(self, draw: float) -> int | None:
         """The version for a uniform draw in [0, 1); None when no version serves."""
@@ -130,11 +141,8 @@ class Router:
 
 def canaries(weights: Weights) -> list[int]:
     """The weighted versions that are not the primary."""
-    live = {v: w for v, w in weights.items() if w > 0}
-    if len(live) < 2:
-        return []
-    primary = max(live.items(), key=lambda p: (p[1], -p[0]))[0]
-    return sorted(v for v in live if v != primary)
+    first = primary(weights)
+    return sorted(v for v, w in weights.items() if w > 0 and v != first)
 
 
 class Limits(NamedTuple):

@@ -87,7 +87,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             num_api_servers=settings.api_servers,
             log_level=settings.log_level,
-            access_log=settings.access_log,
+            access_log=False,  # the data plane's access log has the model, version, timings
             log_config=None,  # uvicorn's loggers go through the root one, in our format
             http=guarded_protocol(
                 ConnectionLimits(settings.max_header_bytes, settings.read_timeout)

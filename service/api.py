@@ -11,6 +11,7 @@ from .engine import Engine, LitAPI, LitSpec, WorkerLoop
 from .metrics import BATCH_COMPUTE, BATCH_SIZE, INSTANCES, MODEL_INFO, MODEL_LOAD
 from .repository import ServedModel
 from .settings import Settings
+from .tracing import model_attributes
 
 WARMUP_ROUNDS = 3  # TorchScript's profiling executor optimises a graph after a few runs
 
@@ -39,6 +40,7 @@ class ModelAPI(LitAPI):
                 (settings.log_level, settings.log_format),
                 engine.stats,
                 settings.worker_spin,
+                traced=settings.tracing == "otlp",
             ),
         )
         self.model = model
@@ -46,6 +48,7 @@ class ModelAPI(LitAPI):
         self.slot = slot
         self.model_name = model.name  # the metrics' model label
         self.label = f"model '{model.name}' version {model.version}"  # for the logs
+        self.span_attributes = model_attributes(model.name, model.version, model.backend)
         self.threads = settings.threads
         self.fixed_shapes = all(-1 not in t.shape[1:] for t in model.manifest.inputs)
         self.priority_levels = settings.priorities(model.name).levels

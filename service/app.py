@@ -1,5 +1,7 @@
 """Wires the LitServer: one ModelAPI per model, then the server-wide routes and error format."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from .rollback import CanaryWatch
 from .schemas import Error, IndexEntry, Traffic, TrafficChange, TritonStatistics
 from .served import ModelVersions
 from .settings import Settings
+from .tracing import ServerSpans, provider
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
@@ -282,6 +285,18 @@ def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
     return sorted(found)
 
 
+@asynccontextmanager
+async def traced(plane: DataPlane) -> AsyncIterator[None]:
+    """The HTTP process's spans, through a provider of its own (one made before the fork
+    would share an export thread that the fork does not copy), flushed when it stops."""
+    plane.spans = ServerSpans(provider(workers=False))
+    try:
+        yield
+    finally:
+        plane.spans.shutdown()
+        plane.spans = None
+
+
 def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     """The LitServer with every model's LitAPI and the server-wide routes; FastAPI neither
     redirects a trailing slash nor answers in its own error format."""
@@ -314,6 +329,8 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
     if settings.grpc_port:
         check_port(settings.host, settings.grpc_port)
         companions.append(partial(grpc_server, plane))
+    if settings.tracing == "otlp":
+        companions.append(partial(traced, plane))
     server = EngineServer(
         apis,
         engine,

@@ -8,9 +8,11 @@ metrics, labelled by transport (`v1`, `v2`, `grpc`) and by the transport's own s
 code, or a gRPC status name), and Triton's statistics.
 """
 
+import itertools
 import math
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -20,19 +22,21 @@ import numpy as np
 from artifacts.manifest import ARTIFACTS, ManifestError
 from artifacts.runtimes import Tensors
 
-from . import control
+from . import control, tracing
 from .admission import Urgency, resolve
 from .auth import check_key
 from .cache import ResponseCache, key
-from .engine import Action, Engine, Gone, version_key
+from .engine import Action, Computed, Engine, Gone, version_key
 from .engine.stats import ShadowCounts
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
+from .logs import Access, access, printable
 from .metrics import CACHE_REQUESTS, REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import Decoded, Signature
 from .repository import ServedModel, describe
 from .served import ModelVersions
 from .settings import Settings
 from .shadow import Shadowing
+from .tracing import ServerSpans, Span
 from .traffic import Shadow, check_shadow, check_weights
 from .triton import model_config
 
@@ -72,10 +76,20 @@ def status_label(transport: Transport, error: Exception | None) -> str:
 
 @dataclass
 class Call:
-    """One inference request being answered: the version it runs on, and how it ended."""
+    """One inference request being answered: the version it runs on, what it is called, its
+    time in the worker, its span, and how it ended."""
 
     model: ServedModel | None
+    request_id: str | None = None  # the client's: its X-Request-ID, else its body's id
+    computed: Computed | None = None  # None: not computed (a cache hit, an error)
+    span: Span | None = None  # the server span, where tracing is on
     error: Exception | None = None
+
+
+def request_ids() -> Iterator[str]:
+    """Ids for requests that bring none: unique for the process's life, and cheap."""
+    prefix = secrets.token_hex(4)
+    return (f"{prefix}-{n}" for n in itertools.count(1))
 
 
 def finite(outputs: Tensors, model: str) -> None:
@@ -119,6 +133,8 @@ class DataPlane:
         self.on_model: Callable[[ModelVersions], None] = no_routes
         self.device = device  # "cpu" or "cuda", for Triton's model configuration
         self.shadowing = Shadowing(engine, settings.request_timeout)
+        self.spans: ServerSpans | None = None  # set in each HTTP process where tracing is on
+        self._ids: Iterator[str] | None = None  # made in the HTTP process that uses it
         # prometheus_client's labels() is a lookup per call, so the children are kept, made
         # on first use in the HTTP process (they cannot be pickled into the workers)
         self._children: dict[tuple[str, Transport, str, int], tuple] = {}
@@ -352,36 +368,37 @@ class DataPlane:
         a request nobody waits for is not computed."""
         arrived = time.monotonic()  # a deadline counts from here, the body's reading included
         model = self.model(name, credentials)
-        async with self._accounted(model, transport) as call:
+        async with self._accounted(model, transport, credentials) as call:
             self.authorise(credentials)
             # a 404 before the body is read
             call.model = model.routed() if version is None else model.served(version)
             try:
-                done = await self._run(model, call.model, decode, gone, arrived)
+                done = await self._run(model, call, decode, gone, arrived)
             except Retired:
                 if version is not None:
                     raise
                 call.model = model.routed()
-                done = await self._run(model, call.model, decode, gone, arrived)
+                done = await self._run(model, call, decode, gone, arrived)
         if model.shadow is not None:
             self.shadowing.offer(model, done.model, done.request.inputs, done.outputs)
         return done
 
     async def _run(
-        self,
-        model: ModelVersions,
-        served: ServedModel,
-        decode: Decode,
-        gone: Gone | None,
-        arrived: float,
+        self, model: ModelVersions, call: Call, decode: Decode, gone: Gone | None, arrived: float
     ) -> Inference:
+        served = call.model
         sig = model.signatures[served.version]
         request = await decode(sig)
+        call.request_id = call.request_id or request.id
         cap = self.settings.request_timeout
         urgency = resolve(request.asked, model.priorities, cap, arrived, model.name)
         cache = self.caches.get(model.name)
         if cache is None or self.engine.draining:
-            outputs = await self.engine.submit(served.key, request.inputs, gone, urgency)
+            traced = None if call.span is None else tracing.ref(call.span)
+            call.computed = await self.engine.submit(
+                served.key, request.inputs, gone, urgency, traced
+            )
+            outputs = call.computed.outputs
             finite(outputs, model.name)
         else:
             outputs = await self._cached(cache, served, request.inputs, gone, urgency)
@@ -407,7 +424,7 @@ class DataPlane:
             CACHE_REQUESTS.labels(served.name, "hit").inc()
             return outputs
         looked = time.perf_counter() - started
-        outputs = await self.engine.submit(served.key, inputs, gone, urgency)
+        outputs = (await self.engine.submit(served.key, inputs, gone, urgency)).outputs
         finite(outputs, served.name)
         stored = time.perf_counter()
         cache.put(k, outputs)
@@ -418,11 +435,15 @@ class DataPlane:
         return outputs
 
     @asynccontextmanager
-    async def _accounted(self, model: ModelVersions, transport: Transport) -> AsyncIterator[Call]:
+    async def _accounted(
+        self, model: ModelVersions, transport: Transport, credentials: Credentials
+    ) -> AsyncIterator[Call]:
         """Count one inference request in the metrics and Triton's statistics, whatever its
-        outcome: the caller sets the call's version."""
+        outcome, trace it and log it: the caller sets the call's version."""
         model.refresh()
-        call, started = Call(model.highest), time.perf_counter()
+        call, started = Call(model.highest, credentials.get("x-request-id")), time.perf_counter()
+        if self.spans is not None:
+            call.span = self.spans.start(credentials, transport, model.name)
         try:
             yield call
         except Exception as e:
@@ -438,10 +459,48 @@ class DataPlane:
             took = time.perf_counter() - started
             answered.inc()
             latency.observe(took)
+            failed = call.error is not None and getattr(call.error, "status", 500) >= 500
             if served is not None:
                 outcome = "success" if call.error is None else "fail"
-                failed = call.error is not None and getattr(call.error, "status", 500) >= 500
                 self.engine.record(served.key, outcome, took, server_error=failed)
+            if call.span is not None:
+                tracing.finish(call.span, self._traced(call), code, call.error)
+            if self.settings.access_log or (failed and getattr(call.error, "status", 500) == 500):
+                self._log(call, model.name, transport, code, took)
+
+    def _request_id(self) -> str:
+        if self._ids is None:
+            self._ids = request_ids()
+        return next(self._ids)
+
+    @staticmethod
+    def _traced(call: Call) -> dict:
+        """The server span's attributes, once the request is answered."""
+        found = (
+            {}
+            if call.model is None
+            else {tracing.VERSION: call.model.version, tracing.BACKEND: call.model.backend}
+        )
+        if call.computed is not None:
+            found["tensorgate.queue_ms"] = call.computed.queued * 1e3
+            found["tensorgate.compute_ms"] = call.computed.computed * 1e3
+        return found
+
+    def _log(self, call: Call, model: str, transport: Transport, code: str, took: float) -> None:
+        """The request's access record (or a server fault's, with the access log off)."""
+        computed = call.computed
+        record = Access(
+            request_id=printable(call.request_id or self._request_id()),
+            model=model,
+            version=call.model.version if call.model is not None else 0,
+            protocol=transport,
+            status=code,
+            ms=took * 1e3,
+            queue_ms=None if computed is None else computed.queued * 1e3,
+            compute_ms=None if computed is None else computed.computed * 1e3,
+            trace_id=tracing.trace_id(call.span),
+        )
+        access(record, call.error)
 
     def _metrics(self, name: str, transport: Transport, code: str, version: int) -> tuple:
         """(requests counter, latency histogram) children for these labels."""

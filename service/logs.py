@@ -4,7 +4,7 @@ it (uvicorn's and LitServe's loggers go through the root logger: `python -m serv
 engine/lit.py see to it), and the spawned inference workers, which call `configure` too."""
 
 import logging
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -31,3 +31,47 @@ def configure(level: str, kind: LogFormat) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(kind))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+ACCESS = logging.getLogger("tensorgate.access")
+
+
+class Access(NamedTuple):
+    """One inference request, as the access log records it (TENSORGATE_ACCESS_LOG)."""
+
+    request_id: str  # the client's X-Request-ID, else its V2/gRPC `id`, else one made here
+    model: str
+    version: int  # 0: none was serving
+    protocol: str  # v1, v2 or grpc
+    status: str  # the HTTP status, or the gRPC status code's name
+    ms: float  # from the request's arrival to its answer
+    queue_ms: float | None  # in the worker's queue; None: not computed (a cache hit, an error)
+    compute_ms: float | None  # its batch's model call
+    trace_id: str | None  # where the request is traced (TENSORGATE_TRACING)
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """A client's id as part of one line of the log: escaped, and cut to `limit` characters."""
+    return repr(text[:limit])[1:-1]
+
+
+def access(record: Access, error: Exception | None) -> None:
+    """Log the record: at INFO, or ERROR for a server fault (logged with the access log off
+    too), with the error's message. Every value is a field of a JSON record, and in the text
+    of a text one."""
+    fault = error is not None and getattr(error, "status", 500) >= 500
+    timing = (
+        ""
+        if record.queue_ms is None
+        else (f" (queue {record.queue_ms:.2f} ms, compute {record.compute_ms:.2f} ms)")
+    )
+    traced = f" trace {record.trace_id}" if record.trace_id else ""
+    text = (
+        f"{record.protocol} {record.model} v{record.version} {record.status} "
+        f"{record.ms:.2f} ms{timing} request {record.request_id}{traced}"
+    )
+    fields = record._asdict()
+    if error is not None:
+        text += f": {error}"
+        fields["error"] = str(error)
+    ACCESS.log(logging.ERROR if fault else logging.INFO, text, extra=fields)

@@ -213,7 +213,16 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         False,
-        description="log a line per request (uvicorn's access log; errors are logged regardless)",
+        description="log a record per inference request, on any protocol: its request id, "
+        "model, version, protocol, status, total, queue and compute milliseconds and trace id "
+        "(server faults are logged regardless)",
+    )
+    tracing: Literal["off", "otlp"] = Field(
+        "off",
+        description="otlp: export OpenTelemetry spans over OTLP/HTTP, configured by the "
+        "standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER ...; "
+        "without a sampler set, 1% of requests are traced, and every one whose traceparent "
+        "is sampled)",
     )
 
     @model_validator(mode="after")

@@ -162,7 +162,7 @@ class Shadowing:
             for _ in copies.inputs:
                 self._count(target.name, target.version, result)
             return
-        for answer, shadowed in zip(copies.answers, copies.split(computed), strict=True):
+        for answer, shadowed in zip(copies.answers, copies.split(computed.outputs), strict=True):
             agree, difference = compare(answer, shadowed, copies.labels)
             self._count(target.name, target.version, "agree" if agree else "disagree", difference)
 

@@ -15,6 +15,7 @@ from service.engine.worker import Worker
 from service.repository import describe
 from service.served import ModelVersions
 from service.settings import Settings, VersionPolicy
+from service.tracing import BatchSpans, ServerSpans, model_attributes
 
 MODEL = "doubler"
 KEY = {"x-api-key": "s3cret"}
@@ -72,10 +73,17 @@ class Doubler:
 class Plane:
     """A data plane over two served versions of the doubler, each with a worker thread."""
 
-    def __init__(self, repository: Path, api_key: str | None = None) -> None:
+    def __init__(
+        self, repository: Path, api_key: str | None = None, traced=None, sampled=None, **settings
+    ) -> None:
+        """`traced`: an OpenTelemetry TracerProvider, where the data plane records spans,
+        and `sampled` the workers' (which sample everything they are given, as in the
+        service); `settings`: more Settings."""
         for version in (1, 2):
             publish(repository, version)
-        self.settings = Settings(repository=repository, api_key=api_key, model_control="explicit")
+        self.settings = Settings(
+            repository=repository, api_key=api_key, model_control="explicit", **settings
+        )
         self.table = VersionTable([MODEL])
         self.engine = Engine(self.table, max_queue=4, request_timeout=5, drain_timeout=1)
         policy = VersionPolicy("all", ())
@@ -85,10 +93,17 @@ class Plane:
             slot = self.table.claim(MODEL, model.version)
             self.table.set_state(slot, State.SERVING)
             self.workers[model.version] = api = Doubler(model.version, slot)
-            worker = Worker(api, address(self.engine.token, model.key, 0), self.engine.stats, 0)
+            spans = None
+            if traced is not None:
+                attributes = model_attributes(MODEL, model.version, model.backend)
+                spans = BatchSpans(sampled, attributes, 0)
+            addr = address(self.engine.token, model.key, 0)
+            worker = Worker(api, addr, self.engine.stats, 0, spans=spans)
             threading.Thread(target=worker.serve, daemon=True).start()
         self.models = ModelVersions(served, self.settings, self.engine)
         self.plane = DataPlane([self.models], self.settings, self.engine, "cpu")
+        if traced is not None:
+            self.plane.spans = ServerSpans(traced)
 
     def slot(self, version: int) -> int:
         return self.workers[version].slot

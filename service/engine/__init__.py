@@ -8,7 +8,7 @@ VersionTable  which versions have workers, shared by every process (table.py)
 LitAPI, LitSpec  LitServe's public base classes, from its one import
 """
 
-from .client import Engine, Gone
+from .client import Computed, Engine, Gone
 from .lit import LITSERVE_VERSION, LitAPI, LitSpec
 from .server import EngineServer, StartupError
 from .table import Action, Slot, State, VersionTable, version_key
@@ -18,6 +18,7 @@ __all__ = [
     "LITSERVE_VERSION",
     "Action",
     "Batcher",
+    "Computed",
     "Engine",
     "EngineServer",
     "Gone",

@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ..admission import (
     MAX_PRIORITY_LEVELS,
@@ -44,6 +44,7 @@ from ..errors import (
     Unavailable,
     for_reason,
 )
+from ..tracing import SpanRef
 from ..writes import CoalescingTransport
 from .locks import ProcessLock
 from .stats import Stats
@@ -54,6 +55,14 @@ RECONNECT_EVERY = 0.2  # seconds between attempts to reach a worker that is (re)
 WATCH_AFTER = 0.01  # seconds a request waits before its client's leaving is watched for
 DRAIN_POLL = 0.05  # seconds: how soon an HTTP process notices a drain that the main one began
 Gone = Callable[[], Awaitable[object]]  # returns once the request's client has left
+
+
+class Computed(NamedTuple):
+    """A request's outputs from its worker, and its time there."""
+
+    outputs: Tensors
+    queued: float  # seconds from its sending to the start of its batch
+    computed: float  # seconds its batch's model call took
 
 
 class Link(asyncio.Protocol):
@@ -78,7 +87,9 @@ class Link(asyncio.Protocol):
                 if future is None or future.done():
                     continue
                 if answer.failure is None:
-                    future.set_result(unpack(answer.outputs))
+                    future.set_result(
+                        Computed(unpack(answer.outputs), answer.queued, answer.computed)
+                    )
                 else:
                     future.set_exception(for_reason(*answer.failure))
 
@@ -94,11 +105,13 @@ class Link(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def send(self, inputs: Tensors, deadline: float, level: int) -> tuple[int, asyncio.Future]:
+    def send(
+        self, inputs: Tensors, deadline: float, level: int, trace: SpanRef | None
+    ) -> tuple[int, asyncio.Future]:
         uid = next(self.uids)
         future = asyncio.get_running_loop().create_future()
         self.pending[uid] = future
-        message = Infer(uid, time.monotonic(), pack(inputs), deadline, level)
+        message = Infer(uid, time.monotonic(), pack(inputs), deadline, level, trace)
         self.transport.write(frame(message))  # never blocks
         return uid, future
 
@@ -359,11 +372,17 @@ class Engine:
         return await self._links(key).ready()
 
     async def submit(
-        self, key: str, inputs: Tensors, gone: Gone | None = None, urgency: Urgency | None = None
-    ) -> Tensors:
+        self,
+        key: str,
+        inputs: Tensors,
+        gone: Gone | None = None,
+        urgency: Urgency | None = None,
+        trace: SpanRef | None = None,
+    ) -> Computed:
         """The model version's outputs for `inputs` (each batch first), batched with other
         requests, under the request's deadline and priority (None: the server's timeout, one
-        level).
+        level), and how long it queued and its batch computed; `trace`: its server span, for
+        the worker's spans.
 
         Raises ShuttingDown, Overloaded, Unavailable, Retired, Timeout, DeadlineExceeded or
         ClientGone (all 4xx/5xx ServiceErrors), or the worker's own error for this request.
@@ -382,7 +401,7 @@ class Engine:
             if self.table.read(slot.index) != slot:
                 raise Retired(f"model version '{key}' stopped serving")
             link = await self._links(key).pick()
-            uid, future = link.send(inputs, urgency.deadline, urgency.level)
+            uid, future = link.send(inputs, urgency.deadline, urgency.level, trace)
             return await self._wait(key, link, uid, future, gone, urgency)
         finally:
             self._release(slot.index, urgency.level)
@@ -406,7 +425,7 @@ class Engine:
         future: asyncio.Future,
         gone: Gone | None,
         urgency: Urgency,
-    ) -> Tensors:
+    ) -> Computed:
         loop = asyncio.get_running_loop()
         watch: asyncio.Future | None = None
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from artifacts.runtimes import Tensors
 
+from ..tracing import SpanRef
+
 Packed = tuple[tuple[str, tuple[int, ...], bytes], ...]  # (dtype, shape, C-order data) each
 
 HEADER = 4  # bytes of frame length
@@ -30,6 +32,7 @@ class Infer(NamedTuple):
     inputs: Packed  # pack() of one array per model input, in the manifest's order
     deadline: float = math.inf  # time.monotonic() after which nobody waits for the answer
     priority: int = 1  # its level: 1 is the most urgent (admission.py)
+    trace: SpanRef | None = None  # its server span, where the request is traced (tracing.py)
 
     @property
     def instances(self) -> int:
@@ -58,6 +61,8 @@ class Answer(NamedTuple):
     uid: int
     outputs: Packed | None  # pack() of one array per model output, in order; None: failed
     failure: Failure | None = None
+    queued: float = 0.0  # seconds from its sending to the start of its batch
+    computed: float = 0.0  # seconds its batch's model call took
 
 
 def pack(tensors: Tensors) -> Packed:

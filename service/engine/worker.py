@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple, Protocol
 
 from ..admission import Cost
@@ -28,6 +29,7 @@ from ..errors import DeadlineExceeded, InferenceFailed, ServiceError
 from ..host import usable_cores
 from ..logs import LogFormat, configure
 from ..metrics import BATCH_DISPATCH, DISPATCH_REASONS, QUEUE_DURATION, REJECTIONS
+from ..tracing import BatchSpans, Interval, Member, provider
 from .batching import BatchingPolicy
 from .lit import EngineLoop
 from .parent import exit_with_parent
@@ -60,6 +62,7 @@ class Batcher(Protocol):
     fixed_shapes: bool  # no dynamic axis past the batch one: any requests can be stacked
     priority_levels: int  # queues to keep; a request's level picks one (1 is taken first)
     warmup_costs: list[tuple[int, float]]  # (instances, seconds) of the warm-up batches
+    span_attributes: dict[str, str | int]  # model, version and backend, for its spans
 
     def batch(self, inputs: list[Tensors]) -> Tensors: ...
     def predict(self, inputs: Tensors) -> Tensors: ...
@@ -118,16 +121,30 @@ class Taken(NamedTuple):
     expired: list[Queued]
 
 
+class Ran(NamedTuple):
+    """A batch's answers, and when its model call ran (None: it failed)."""
+
+    answers: list[tuple[Queued, Answer]]
+    compute: Interval | None
+
+
 class WorkerLoop(EngineLoop):
     """LitServe's loop hook: serve this model's worker socket until the process is stopped."""
 
     def __init__(
-        self, token: str, model: str, logs: tuple[str, LogFormat], stats: Stats, spin: float
+        self,
+        token: str,
+        model: str,
+        logs: tuple[str, LogFormat],
+        stats: Stats,
+        spin: float,
+        traced: bool = False,
     ) -> None:
-        """`logs`: the level and format of the worker's logs (logs.configure)."""
+        """`logs`: the level and format of the worker's logs (logs.configure); `traced`:
+        whether spans are exported (TENSORGATE_TRACING)."""
         super().__init__()
         self.token, self.model, self.logs, self.stats = token, model, logs, stats
-        self.spin = spin
+        self.spin, self.traced = spin, traced
         self.parent = os.getpid()  # made in the main process, called in the worker
 
     def serve_worker(self, lit_api: Batcher, worker_id: int, listening: Callable[[], None]) -> None:
@@ -137,12 +154,22 @@ class WorkerLoop(EngineLoop):
         exit_with_parent(self.parent)
         configure(*self.logs)  # a spawned process does not inherit the main one's logging
         addr = address(self.token, self.model, worker_id)
-        worker = Worker(lit_api, addr, self.stats, worker_id, self.spin)
+        spans = None
+        if self.traced:  # a provider of the worker's own: a spawned process starts bare
+            spans = BatchSpans(provider(workers=True), lit_api.span_attributes, worker_id)
+            signal.signal(signal.SIGTERM, partial(stopped, spans))
+        worker = Worker(lit_api, addr, self.stats, worker_id, self.spin, spans)
         listening()  # LitServe said READY before this loop began; traffic may come from now on
         gc.freeze()  # the loaded model and imports live on: full collections skip them
         spin = f", polling {self.spin * 1e3:g} ms for each next request" if self.spin else ""
         logger.info("%s: worker %d serving (pid %d)%s", lit_api.label, worker_id, os.getpid(), spin)
         worker.serve()
+
+
+def stopped(spans: BatchSpans, signum: int, frame: object) -> None:
+    """SIGTERM, where tracing is on: the spans still buffered are exported first."""
+    spans.shutdown()
+    raise SystemExit(0)
 
 
 class SpareCores:
@@ -167,9 +194,16 @@ class SpareCores:
 
 class Worker:
     def __init__(
-        self, api: Batcher, addr: str, stats: Stats, worker_id: int, spin: float = 0.0
+        self,
+        api: Batcher,
+        addr: str,
+        stats: Stats,
+        worker_id: int,
+        spin: float = 0.0,
+        spans: BatchSpans | None = None,
     ) -> None:
         self.api, self.stats, self.worker_id = api, stats, worker_id
+        self.spans = spans
         self.spin_seconds = spin
         self.cores = SpareCores()
         self.policy = BatchingPolicy(api.max_batch_size, api.batch_timeout)
@@ -317,22 +351,47 @@ class Worker:
 
     def run(self, taken: Taken) -> None:
         started, batch = time.monotonic(), taken.batch
-        answers = [(q, Answer(q.request.uid, None, EXPIRED)) for q in taken.expired]
+        answers = [
+            (q, Answer(q.request.uid, None, EXPIRED, started - q.request.enqueued_at))
+            for q in taken.expired
+        ]
         instances = sum(q.request.instances for q in batch)
+        compute = None
         if batch:
             queued = [started - q.request.enqueued_at for q in batch]
             for seconds in queued:
                 self.queue_seconds.observe(seconds)
-            answers += self.infer(batch)
+            ran = self.infer(batch, queued)
+            answers += ran.answers
+            compute = ran.compute
             took = time.monotonic() - started
             self.stats.batch(self.api.slot, self.worker_id, queued, took, instances)
         self.answer(answers)
+        ended = time.monotonic()
+        if self.spans is not None:
+            self.trace(taken, Interval(started, ended), compute, instances)
         if batch:
-            ended = time.monotonic()
             self.policy.cost.add(instances, ended - started)
             self.policy.sizes.add(instances, len(batch))
             if ended - self.published > PUBLISH_EVERY:
                 self.publish_cost()
+
+    def trace(self, taken: Taken, run: Interval, compute: Interval | None, size: int) -> None:
+        """The spans of the batch's sampled requests, once they are answered."""
+        members = [
+            Member(
+                q.request.trace,
+                q.request.enqueued_at,
+                q.request.instances,
+                q.request.priority,
+                expired,
+            )
+            for qs, expired in ((taken.batch, False), (taken.expired, True))
+            for q in qs
+            if q.request.trace is not None
+        ]
+        if members:
+            self.spans.record(members, run, compute, size)
 
     def publish_cost(self) -> None:
         """The batch cost fit, where the HTTP processes estimate a deadline's chances."""
@@ -341,15 +400,24 @@ class Worker:
         self.stats.set_cost(self.api.slot, self.worker_id, measured)
         self.published = time.monotonic()
 
-    def infer(self, live: list[Queued]) -> list[tuple[Queued, Answer]]:
+    def infer(self, live: list[Queued], queued: list[float]) -> Ran:
         api = self.api
         try:
             inputs = [unpack(q.request.inputs) for q in live]
             sizes = [q.request.instances for q in live]
-            outputs = api.unbatch(api.predict(api.batch(inputs)), sizes)
-            return [
-                (q, Answer(q.request.uid, pack(out))) for q, out in zip(live, outputs, strict=True)
-            ]
+            batched = api.batch(inputs)
+            began = time.monotonic()
+            computed = api.predict(batched)
+            compute = Interval(began, time.monotonic())
+            outputs = api.unbatch(computed, sizes)
+            took = compute.end - compute.start
+            return Ran(
+                [
+                    (q, Answer(q.request.uid, pack(out), None, wait, took))
+                    for q, out, wait in zip(live, outputs, queued, strict=True)
+                ],
+                compute,
+            )
         except Exception as e:  # a failing batch fails only its own requests
             logger.exception("inference failed for a batch of %d requests", len(live))
             failure = (
@@ -357,7 +425,11 @@ class Worker:
                 if isinstance(e, ServiceError)
                 else Failure(InferenceFailed.reason, f"inference failed: {e}")
             )
-            return [(q, Answer(q.request.uid, None, failure)) for q in live]
+            answers = [
+                (q, Answer(q.request.uid, None, failure, wait))
+                for q, wait in zip(live, queued, strict=True)
+            ]
+            return Ran(answers, None)
 
     def answer(self, answers: list[tuple[Queued, Answer]]) -> None:
         """One message per HTTP process for the whole batch."""

@@ -15,12 +15,14 @@ mlp is driven with V1 JSON, resnet-cifar with V2 binary (as `make bench` reports
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from load_tests.otlp import receiving
 from load_tests.servers import running_service
 
 from .__main__ import (
@@ -51,8 +53,11 @@ def measure(args, model: str) -> list[dict]:
     common = dict(args.common)
     settings = {"default": common, "changed": {**common, **dict(args.set)}}
     checkouts = {"default": args.baseline, "changed": None}
-    rows = []
+    rows, receiver = [], None
     with ExitStack() as stack:
+        if "tracing" in {**settings["default"], **settings["changed"]}:  # spans need a receiver
+            receiver = stack.enter_context(receiving())
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
         urls = {
             side: stack.enter_context(
                 running_service(
@@ -82,6 +87,8 @@ def measure(args, model: str) -> list[dict]:
             row["rps_ratio"] = statistics.median(ratios)
             rows.append(row)
             print(f"{model} c={c}: changed / default {row['rps_ratio']:.3f}", flush=True)
+        if receiver is not None:
+            print(f"{len(receiver.received())} spans received", flush=True)
     return rows
 
 

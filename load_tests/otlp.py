@@ -1,11 +1,15 @@
-"""A small OTLP/HTTP trace receiver on a loopback port, for the tests and the benchmark where
-no OpenTelemetry Collector is installed: it decodes each export with opentelemetry-proto's
-own messages and keeps the spans, flattened."""
+"""A small OTLP/HTTP trace receiver on a loopback port, for the tests, the benchmark and the
+README's walk where no OpenTelemetry Collector is installed: it decodes each export with
+opentelemetry-proto's own messages and keeps the spans, flattened.
 
+    python -m load_tests.otlp [--port 4318]   # prints each span it receives, one per line
+"""
+
+import argparse
 import gzip
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
@@ -66,8 +70,10 @@ def spans_of(body: bytes) -> list[Received]:
 class Receiver(ThreadingHTTPServer):
     """POST /v1/traces, as OTLP/HTTP with protobuf bodies sends them."""
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, port: int = 0, show: bool = False) -> None:
+        """`show`: print each span as it arrives."""
+        super().__init__(("127.0.0.1", port), Handler)
+        self.show = show
         self.spans: list[Received] = []
         self.exports = 0
         self.lock = threading.Lock()
@@ -96,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.spans += spans
             self.server.exports += 1
+        if self.server.show:
+            for span in spans:
+                print(line(span), flush=True)
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -105,6 +114,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: a test's output is its own."""
+
+
+def line(span: Received) -> str:
+    parent = f" parent {span.parent_id}" if span.parent_id else ""
+    links = "".join(f" link {t}/{s}" for t, s in span.links)
+    error = " ERROR" if span.error else ""
+    return (
+        f"{span.name} {span.ms:.3f} ms trace {span.trace_id} span {span.span_id}{parent}"
+        f"{links}{error} {span.attributes}"
+    )
 
 
 @contextmanager
@@ -117,3 +136,18 @@ def receiving() -> Iterator[Receiver]:
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser("python -m load_tests.otlp", description=__doc__)
+    parser.add_argument("--port", type=int, default=4318, help="OTLP/HTTP's own (default)")
+    args = parser.parse_args(argv)
+    receiver = Receiver(args.port, show=True)
+    print(f"receiving OTLP/HTTP traces on {receiver.endpoint}/v1/traces", flush=True)
+    with suppress(KeyboardInterrupt):
+        receiver.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,7 +78,8 @@ def serve(settings: Settings) -> int:
         logger.warning(warning)
     try:
         server = build_server(settings, models)
-    except RuntimeError as e:  # e.g. TENSORGATE_DEVICE=cuda where the driver sees no GPU
+    except (RuntimeError, ValueError) as e:  # TENSORGATE_DEVICE=cuda without a GPU; a bad
+        # OTEL_TRACES_SAMPLER
         logger.error("refusing to start: %s", e)
         return 1
     try:

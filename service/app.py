@@ -36,7 +36,7 @@ from .rollback import CanaryWatch
 from .schemas import Error, IndexEntry, Traffic, TrafficChange, TritonStatistics
 from .served import ModelVersions
 from .settings import Settings
-from .tracing import ServerSpans, provider
+from .tracing import ServerSpans, provider, root_ratio
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc
 ASSETS_URL = "/docs-assets"
@@ -286,10 +286,10 @@ def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
 
 
 @asynccontextmanager
-async def traced(plane: DataPlane) -> AsyncIterator[None]:
+async def traced(plane: DataPlane, ratio: float) -> AsyncIterator[None]:
     """The HTTP process's spans, through a provider of its own (one made before the fork
     would share an export thread that the fork does not copy), flushed when it stops."""
-    plane.spans = ServerSpans(provider(workers=False))
+    plane.spans = ServerSpans(provider(workers=False), ratio)
     try:
         yield
     finally:
@@ -330,7 +330,7 @@ def build_server(settings: Settings, models: list[ServedModel]) -> EngineServer:
         check_port(settings.host, settings.grpc_port)
         companions.append(partial(grpc_server, plane))
     if settings.tracing == "otlp":
-        companions.append(partial(traced, plane))
+        companions.append(partial(traced, plane, root_ratio()))  # a bad sampler: refused here
     server = EngineServer(
         apis,
         engine,

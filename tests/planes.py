@@ -76,7 +76,8 @@ class Plane:
     def __init__(
         self, repository: Path, api_key: str | None = None, traced=None, sampled=None, **settings
     ) -> None:
-        """`traced`: an OpenTelemetry TracerProvider, where the data plane records spans,
+        """`traced`: an OpenTelemetry TracerProvider, where the data plane records the spans
+        of requests whose client sampled them,
         and `sampled` the workers' (which sample everything they are given, as in the
         service); `settings`: more Settings."""
         for version in (1, 2):
@@ -103,7 +104,7 @@ class Plane:
         self.models = ModelVersions(served, self.settings, self.engine)
         self.plane = DataPlane([self.models], self.settings, self.engine, "cpu")
         if traced is not None:
-            self.plane.spans = ServerSpans(traced)
+            self.plane.spans = ServerSpans(traced, ratio=0.0)  # only what clients sample
 
     def slot(self, version: int) -> int:
         return self.workers[version].slot

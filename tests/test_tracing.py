@@ -8,22 +8,21 @@ import asyncio
 import json
 import logging
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from helpers import INPUT_NAME, rows, v2_json
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind
 from planes import MODEL, Plane
 
 from load_tests.otlp import receiving
 from load_tests.servers import running_service
-from service.errors import InferenceFailed
+from service.errors import BadRequest, InferenceFailed
 from service.protocol import Decoded
+from service.tracing import provider, root_ratio
 
 TRACE, CLIENT_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 SLACK_NS = 200_000  # clocks: the worker's spans are timed from time.monotonic(), converted
@@ -45,21 +44,30 @@ def traced(tmp_path):
     """A data plane whose spans are kept in memory; requests are traced only where the
     client's traceparent is sampled."""
     exporter = InMemorySpanExporter()
-    server = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
-    workers = TracerProvider(sampler=ALWAYS_ON)
-    for made in (server, workers):
-        made.add_span_processor(SimpleSpanProcessor(exporter))
-    yield Plane(tmp_path, traced=server, sampled=workers), exporter
+    server, workers = provider(False, exporter), provider(True, exporter)
+    yield Plane(tmp_path, traced=server, sampled=workers), Kept(exporter, (server, workers))
     server.shutdown()
     workers.shutdown()
 
 
-def finished(exporter: InMemorySpanExporter, n: int) -> dict[str, list]:
+class Kept(NamedTuple):
+    """The spans exported in memory, by the providers that batch them."""
+
+    exporter: InMemorySpanExporter
+    providers: tuple
+
+    def spans(self) -> tuple:
+        for made in self.providers:
+            made.force_flush()
+        return self.exporter.get_finished_spans()
+
+
+def finished(kept: Kept, n: int) -> dict[str, list]:
     """The spans by name, once `n` have ended (the workers record theirs after answering)."""
     until = time.monotonic() + 5
-    while len(exporter.get_finished_spans()) < n and time.monotonic() < until:
+    while len(kept.spans()) < n and time.monotonic() < until:
         time.sleep(0.01)
-    spans = exporter.get_finished_spans()
+    spans = kept.spans()
     assert len(spans) == n, [s.name for s in spans]
     by_name: dict[str, list] = {}
     for span in spans:
@@ -68,11 +76,11 @@ def finished(exporter: InMemorySpanExporter, n: int) -> dict[str, list]:
 
 
 def test_a_sampled_request_is_traced_through_its_queue_into_its_batch_and_compute(traced):
-    t, exporter = traced
+    t, kept = traced
     credentials = {"traceparent": traceparent()}
     done = asyncio.run(t.plane.infer(MODEL, "1", "v2", credentials, decoder()))
     assert done.model.version == 1
-    spans = finished(exporter, 4)
+    spans = finished(kept, 4)
     (server,), (queue,), (batch,), (compute,) = (
         spans[n] for n in ("infer", "queue", "batch", "compute")
     )
@@ -111,7 +119,7 @@ def test_a_sampled_request_is_traced_through_its_queue_into_its_batch_and_comput
 
 
 def test_a_batch_span_links_every_traced_request_it_carried_and_counts_their_instances(traced):
-    t, exporter = traced
+    t, kept = traced
 
     async def together():  # sent in one turn of the loop: their frames leave in one write
         await t.plane.infer(MODEL, "2", "v2", {}, decoder())  # connects; not traced
@@ -129,7 +137,7 @@ def test_a_batch_span_links_every_traced_request_it_carried_and_counts_their_ins
         )
 
     asyncio.run(together())
-    spans = finished(exporter, 3 + 3 + 2)
+    spans = finished(kept, 3 + 3 + 2)
     (batch,) = spans["batch"]
     servers = {s.context.span_id: s for s in spans["infer"]}
     assert {link.context.span_id for link in batch.links} == set(servers)
@@ -141,22 +149,70 @@ def test_a_batch_span_links_every_traced_request_it_carried_and_counts_their_ins
 def test_an_unsampled_traceparent_or_none_records_nothing_and_sends_nothing_to_the_worker(
     traced,
 ):
-    t, exporter = traced
+    t, kept = traced
     for credentials in ({"traceparent": traceparent(sampled=False)}, {}):
         asyncio.run(t.plane.infer(MODEL, "1", "v2", credentials, decoder()))
     time.sleep(0.1)
-    assert exporter.get_finished_spans() == ()
+    assert kept.spans() == ()
+
+
+def test_without_a_valid_traceparent_a_request_is_traced_at_the_servers_ratio(traced):
+    t, kept = traced
+    t.plane.spans.ratio = 1.0
+    for credentials in ({}, {"traceparent": "00-not-a-trace-01"}):
+        asyncio.run(t.plane.infer(MODEL, "1", "v1", credentials, decoder()))
+    roots = finished(kept, 8)["infer"]
+    assert [s.parent for s in roots] == [None, None]  # roots of traces of their own
+    assert all(format(s.context.trace_id, "032x") != TRACE for s in roots)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "ratio"),
+    [
+        (None, None, 0.01),
+        ("parentbased_always_off", None, 0.0),
+        ("always_on", None, 1.0),
+        ("parentbased_traceidratio", "0.25", 0.25),
+        ("TraceIdRatio", "7", 1.0),
+    ],
+)
+def test_the_ratio_follows_otel_traces_sampler(monkeypatch, sampler, arg, ratio):
+    for name, value in (("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", arg)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert root_ratio() == ratio
+
+
+@pytest.mark.parametrize(("sampler", "arg"), [("jaeger_remote", None), ("traceidratio", "x")])
+def test_a_sampler_tensorgate_cannot_follow_is_refused_naming_what_it_takes(
+    monkeypatch, sampler, arg
+):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg or "")
+    with pytest.raises(ValueError, match="always_on, always_off or traceidratio"):
+        root_ratio()
 
 
 def test_a_client_error_leaves_the_span_unmarked_and_a_server_fault_marks_it(traced):
-    t, exporter = traced
+    t, kept = traced
+
+    async def bad(sig):
+        raise BadRequest("input 'x': expected FP32")
+
+    with pytest.raises(BadRequest):
+        asyncio.run(t.plane.infer(MODEL, "1", "v2", {"traceparent": traceparent()}, bad))
+    (client,) = finished(kept, 1)["infer"]  # never queued: no worker span
+    assert client.attributes["tensorgate.status"] == "400" and client.status.is_unset
     t.workers[1].predict = broken
     with pytest.raises(InferenceFailed):
         asyncio.run(t.plane.infer(MODEL, "1", "v2", {"traceparent": traceparent()}, decoder()))
-    spans = finished(exporter, 2)  # no compute: the batch failed (its queue span stays)
-    (server,) = spans["infer"]
+    spans = finished(kept, 3)  # no batch span: the batch failed (its queue span stays)
+    server = spans["infer"][1]
     assert server.attributes["tensorgate.status"] == "500"
     assert not server.status.is_ok and "inference failed" in server.status.description
+    assert spans["queue"][0].parent.span_id == server.context.span_id
 
 
 def broken(inputs):

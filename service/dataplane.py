@@ -9,6 +9,7 @@ code, or a gRPC status name), and Triton's statistics.
 """
 
 import itertools
+import logging
 import math
 import secrets
 import time
@@ -29,7 +30,7 @@ from .cache import ResponseCache, key
 from .engine import Action, Computed, Engine, Gone, version_key
 from .engine.stats import ShadowCounts
 from .errors import BadRequest, ClientGone, NotFound, Retired, ServiceError
-from .logs import Access, access, printable
+from .logs import Access, access, level, printable
 from .metrics import CACHE_REQUESTS, REJECTIONS, REQUEST_DURATION, REQUESTS
 from .protocol import Decoded, Signature
 from .repository import ServedModel, describe
@@ -465,7 +466,7 @@ class DataPlane:
                 self.engine.record(served.key, outcome, took, server_error=failed)
             if call.span is not None:
                 tracing.finish(call.span, self._traced(call), code, call.error)
-            if self.settings.access_log or (failed and getattr(call.error, "status", 500) == 500):
+            if self.settings.access_log or level(call.error) == logging.ERROR:  # a fault
                 self._log(call, model.name, transport, code, took)
 
     def _request_id(self) -> str:

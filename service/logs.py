@@ -55,11 +55,18 @@ def printable(text: str, limit: int = 128) -> str:
     return repr(text[:limit])[1:-1]
 
 
+def level(error: Exception | None) -> int:
+    """An access record's level: ERROR for a server fault (a 500: the model or the server
+    failed), WARNING for the other 5xx (overload, a drain, a timeout), else INFO."""
+    status = 200 if error is None else getattr(error, "status", 500)
+    if status == 500:
+        return logging.ERROR
+    return logging.WARNING if status > 500 else logging.INFO
+
+
 def access(record: Access, error: Exception | None) -> None:
-    """Log the record: at INFO, or ERROR for a server fault (logged with the access log off
-    too), with the error's message. Every value is a field of a JSON record, and in the text
-    of a text one."""
-    fault = error is not None and getattr(error, "status", 500) >= 500
+    """Log the record, with the error's message if it failed. Every value is a field of a
+    JSON record, and in the text of a text one."""
     timing = (
         ""
         if record.queue_ms is None
@@ -74,4 +81,4 @@ def access(record: Access, error: Exception | None) -> None:
     if error is not None:
         text += f": {error}"
         fields["error"] = str(error)
-    ACCESS.log(logging.ERROR if fault else logging.INFO, text, extra=fields)
+    ACCESS.log(level(error), text, extra=fields)

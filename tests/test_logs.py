@@ -1,10 +1,13 @@
 """The log formats (service/logs.py): a JSON record per line with the documented fields, an
-error's traceback included; text as before."""
+error's traceback included; text as before; the access record's level."""
 
 import json
 import logging
 
-from service.logs import formatter
+import pytest
+
+from service.errors import BadRequest, InferenceFailed, Overloaded, Timeout
+from service.logs import formatter, level
 
 
 def record(message: str, exc_info=None) -> logging.LogRecord:
@@ -40,3 +43,18 @@ def test_uvicorns_coloured_copy_of_a_message_is_left_out():
 
 def test_text_is_level_logger_message():
     assert formatter("text").format(record("answered %d")) == "WARNING service.x: answered 7"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (None, logging.INFO),
+        (BadRequest("no"), logging.INFO),
+        (Overloaded("full"), logging.WARNING),
+        (Timeout("late"), logging.WARNING),
+        (InferenceFailed("the model raised"), logging.ERROR),
+        (RuntimeError("a bug"), logging.ERROR),
+    ],
+)
+def test_an_access_records_level_is_error_for_a_fault_warning_for_other_5xx(error, expected):
+    assert level(error) == expected

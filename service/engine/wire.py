@@ -61,8 +61,8 @@ class Answer(NamedTuple):
     uid: int
     outputs: Packed | None  # pack() of one array per model output, in order; None: failed
     failure: Failure | None = None
-    queued: float = 0.0  # seconds from its sending to the start of its batch
-    computed: float = 0.0  # seconds its batch's model call took
+    queued: float = 0.0  # seconds from its sending to the start of its batch (answered)
+    computed: float = 0.0  # seconds its batch's model call took (answered)
 
 
 def pack(tensors: Tensors) -> Packed:

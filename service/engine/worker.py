@@ -351,10 +351,7 @@ class Worker:
 
     def run(self, taken: Taken) -> None:
         started, batch = time.monotonic(), taken.batch
-        answers = [
-            (q, Answer(q.request.uid, None, EXPIRED, started - q.request.enqueued_at))
-            for q in taken.expired
-        ]
+        answers = [(q, Answer(q.request.uid, None, EXPIRED)) for q in taken.expired]
         instances = sum(q.request.instances for q in batch)
         compute = None
         if batch:
@@ -425,11 +422,7 @@ class Worker:
                 if isinstance(e, ServiceError)
                 else Failure(InferenceFailed.reason, f"inference failed: {e}")
             )
-            answers = [
-                (q, Answer(q.request.uid, None, failure, wait))
-                for q, wait in zip(live, queued, strict=True)
-            ]
-            return Ran(answers, None)
+            return Ran([(q, Answer(q.request.uid, None, failure)) for q in live], None)
 
     def answer(self, answers: list[tuple[Queued, Answer]]) -> None:
         """One message per HTTP process for the whole batch."""

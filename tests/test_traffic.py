@@ -181,36 +181,59 @@ def test_the_watch_rolls_a_failing_canary_back_in_the_shared_table():
 # -- comparing a shadow's outputs --------------------------------------------------------
 
 
+ONE = np.array([0])  # one copy, its rows from the first
+
+
 def test_a_classifier_shadow_agrees_on_the_argmax_and_reports_the_largest_difference():
     a = np.array([[0.9, 0.1], [0.4, 0.6]], np.float32)
     same_classes = np.array([[0.7, 0.3], [0.45, 0.55]], np.float32)
-    agree, difference = compare([a], [same_classes], labels=2)
-    assert agree and difference == pytest.approx(0.2)
+    agree, difference = compare([a], [same_classes], 2, ONE)
+    assert agree.tolist() == [True] and difference.tolist() == [pytest.approx(0.2)]
     flipped = np.array([[0.9, 0.1], [0.6, 0.4]], np.float32)
-    assert compare([a], [flipped], labels=2) == (False, pytest.approx(0.2))
+    agree, difference = compare([a], [flipped], 2, ONE)
+    assert agree.tolist() == [False] and difference.tolist() == [pytest.approx(0.2)]
 
 
 def test_other_outputs_agree_within_the_export_tolerance():
     a = np.zeros((2, 3), np.float32)
-    assert compare([a], [a + 5e-5], labels=0).agree
-    assert not compare([a], [a + 5e-4], labels=0).agree
-    assert not compare([a], [a[:1]], labels=0).agree  # another shape
-    assert compare([a], [a[:1]], labels=0).difference == math.inf
+    assert compare([a], [a + 5e-5], 0, ONE).agree.all()
+    assert not compare([a], [a + 5e-4], 0, ONE).agree.any()
+    assert not compare([a], [a[:1]], 0, ONE).agree.any()  # another shape
+    assert compare([a], [a[:1]], 0, ONE).difference.tolist() == [math.inf]
     ints = np.array([1, 2], np.int64)
-    assert compare([ints], [ints], labels=0) == (True, 0.0)
+    agree, difference = compare([ints], [ints], 0, ONE)
+    assert agree.tolist() == [True] and difference.tolist() == [0.0]
+    words = np.array([b"a", b"b"])
+    assert compare([words], [words], 0, ONE).agree.all()
+    assert not compare([words], [np.array([b"a", b"c"])], 0, ONE).agree.any()
 
 
-def test_shadow_copies_go_as_one_batch_and_come_back_per_copy():
+def test_a_flush_is_compared_per_copy_in_one_pass():
+    """Three copies of 1, 2 and 1 rows: only the second's second row flips its class, and
+    the third's differs most (with the same class)."""
+    answers = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], np.float32)
+    shadow = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.99, 0.01]], np.float32)
+    agree, difference = compare([answers], [shadow], 2, np.array([0, 1, 3]))
+    assert agree.tolist() == [True, False, True]
+    assert difference.tolist() == pytest.approx([0.0, 0.3, 0.39])
+    # other outputs: each copy within the tolerance or not, row by row
+    values = np.zeros((4, 3), np.float32)
+    moved = values.copy()
+    moved[3, 2] = 1e-3
+    assert compare([values], [moved], 0, np.array([0, 1, 3])).agree.tolist() == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_shadow_copies_go_as_one_batch_and_say_where_each_begins():
     copies = Copies(target=None, labels=2, urgency=None)  # only their tensors matter here
     first = [np.zeros((1, 3), np.float32), np.zeros((1,), np.int64)]
     second = [np.ones((2, 3), np.float32), np.ones((2,), np.int64)]
     copies.add(first, [np.zeros((1, 2), np.float32)])
     copies.add(second, [np.ones((2, 2), np.float32)])
     assert copies.instances == 3
-    joined = copies.joined()
-    assert [a.shape for a in joined] == [(3, 3), (3,)]
-    computed = [np.arange(6, dtype=np.float32).reshape(3, 2)]
-    assert [[a.tolist() for a in part] for part in copies.split(computed)] == [
-        [[[0.0, 1.0]]],
-        [[[2.0, 3.0], [4.0, 5.0]]],
-    ]
+    assert [a.shape for a in copies.joined()] == [(3, 3), (3,)]
+    assert [a.tolist() for a in copies.joined_answers()] == [[[0, 0], [1, 1], [1, 1]]]
+    assert copies.starts().tolist() == [0, 1]

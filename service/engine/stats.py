@@ -129,11 +129,12 @@ class Stats:
                 tuple(cells.latency_buckets),
             )
 
-    def shadowed(self, slot: int, result: str, difference: float = 0.0) -> None:
-        """One shadow comparison of the version in `slot`: agree, disagree, error or dropped."""
+    def shadowed(self, slot: int, result: str, n: int = 1, difference: float = 0.0) -> None:
+        """`n` shadow comparisons of the version in `slot` came to `result` (agree, disagree,
+        error or dropped); `difference`: the largest among them."""
         cells = self.requests[slot]
         with self.requests_lock:
-            setattr(cells, f"shadow_{result}", getattr(cells, f"shadow_{result}") + 1)
+            setattr(cells, f"shadow_{result}", getattr(cells, f"shadow_{result}") + n)
             cells.shadow_max_difference = max(cells.shadow_max_difference, difference)
 
     def shadow_counts(self, slot: int) -> ShadowCounts:

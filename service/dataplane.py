@@ -81,7 +81,7 @@ class Call:
     time in the worker, its span, and how it ended."""
 
     model: ServedModel | None
-    request_id: str | None = None  # the client's: its X-Request-ID, else its body's id
+    body_id: str | None = None  # the request's own V2/gRPC `id`, once decoded
     computed: Computed | None = None  # None: not computed (a cache hit, an error)
     span: Span | None = None  # the server span, where tracing is on
     error: Exception | None = None
@@ -387,34 +387,38 @@ class DataPlane:
     async def _run(
         self, model: ModelVersions, call: Call, decode: Decode, gone: Gone | None, arrived: float
     ) -> Inference:
-        served = call.model
-        sig = model.signatures[served.version]
+        sig = model.signatures[call.model.version]
         request = await decode(sig)
-        call.request_id = call.request_id or request.id
+        call.body_id = request.id
         cap = self.settings.request_timeout
         urgency = resolve(request.asked, model.priorities, cap, arrived, model.name)
         cache = self.caches.get(model.name)
         if cache is None or self.engine.draining:
-            traced = None if call.span is None else tracing.ref(call.span)
-            call.computed = await self.engine.submit(
-                served.key, request.inputs, gone, urgency, traced
-            )
-            outputs = call.computed.outputs
-            finite(outputs, model.name)
+            outputs = await self._compute(call, request.inputs, gone, urgency)
         else:
-            outputs = await self._cached(cache, served, request.inputs, gone, urgency)
-        return Inference(served, sig, request, outputs)
+            outputs = await self._cached(cache, call, request.inputs, gone, urgency)
+        return Inference(call.model, sig, request, outputs)
+
+    async def _compute(
+        self, call: Call, inputs: Tensors, gone: Gone | None, urgency: Urgency
+    ) -> Tensors:
+        """The worker's outputs for the request, its time there kept for the access log."""
+        traced = None if call.span is None else tracing.ref(call.span)
+        call.computed = await self.engine.submit(call.model.key, inputs, gone, urgency, traced)
+        finite(call.computed.outputs, call.model.name)
+        return call.computed.outputs
 
     async def _cached(
         self,
         cache: ResponseCache,
-        served: ServedModel,
+        call: Call,
         inputs: Tensors,
         gone: Gone | None,
         urgency: Urgency,
     ) -> Tensors:
         """The outputs from the model's response cache, or computed and stored there; counted
         in Triton's cache statistics (a miss: its lookup and insertion time) and the metrics."""
+        served = call.model
         started = time.perf_counter()
         k = key(served.version, inputs)
         outputs = cache.get(k)
@@ -425,8 +429,7 @@ class DataPlane:
             CACHE_REQUESTS.labels(served.name, "hit").inc()
             return outputs
         looked = time.perf_counter() - started
-        outputs = (await self.engine.submit(served.key, inputs, gone, urgency)).outputs
-        finite(outputs, served.name)
+        outputs = await self._compute(call, inputs, gone, urgency)
         stored = time.perf_counter()
         cache.put(k, outputs)
         if slot is not None:
@@ -442,7 +445,7 @@ class DataPlane:
         """Count one inference request in the metrics and Triton's statistics, whatever its
         outcome, trace it and log it: the caller sets the call's version."""
         model.refresh()
-        call, started = Call(model.highest, credentials.get("x-request-id")), time.perf_counter()
+        call, started = Call(model.highest), time.perf_counter()
         if self.spans is not None:
             call.span = self.spans.start(credentials, transport, model.name)
         try:
@@ -467,7 +470,7 @@ class DataPlane:
             if call.span is not None:
                 tracing.finish(call.span, self._traced(call), code, call.error)
             if self.settings.access_log or level(call.error) == logging.ERROR:  # a fault
-                self._log(call, model.name, transport, code, took)
+                self._log(call, model.name, transport, code, took, credentials)
 
     def _request_id(self) -> str:
         if self._ids is None:
@@ -487,11 +490,21 @@ class DataPlane:
             found["tensorgate.compute_ms"] = call.computed.computed * 1e3
         return found
 
-    def _log(self, call: Call, model: str, transport: Transport, code: str, took: float) -> None:
-        """The request's access record (or a server fault's, with the access log off)."""
+    def _log(
+        self,
+        call: Call,
+        model: str,
+        transport: Transport,
+        code: str,
+        took: float,
+        credentials: Credentials,
+    ) -> None:
+        """The request's access record (or a server fault's, with the access log off); its
+        id the client's X-Request-ID, else its body's id, else one made here."""
         computed = call.computed
+        given = credentials.get("x-request-id") or call.body_id
         record = Access(
-            request_id=printable(call.request_id or self._request_id()),
+            request_id=printable(given or self._request_id()),
             model=model,
             version=call.model.version if call.model is not None else 0,
             protocol=transport,

@@ -194,6 +194,8 @@ class Shadowing:
     ) -> None:
         """`n` comparisons came to `result`; `differences`: every compared copy's largest
         difference, agreeing or not (counted once, with the agreements)."""
+        if not n and differences is None:  # e.g. no copy of the flush disagreed
+            return
         children = self._children.get((model, version, result))
         if children is None:  # labels() is a lookup per call: kept, made on first use
             children = self._children[(model, version, result)] = (
